@@ -1,0 +1,55 @@
+"""``python -m redisopt doctor``: which backend would serve the workbook, and why not the others."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from redisopt.errors import RedisoptError
+from redisopt.server import BACKENDS, forced_backend, survey
+
+
+def doctor() -> int:
+    """Probe every backend in order, start the chosen one, and print what it is."""
+    forced = forced_backend()
+    print(f"backend order: {' → '.join(BACKENDS)}" + (f" (forced: {forced})" if forced else ""))
+    choices = survey(stop_at_first=False)
+    chosen = next((c for c in choices if c.usable), None)
+    for choice in choices:
+        if choice is chosen:
+            verdict = "USE "
+        elif choice.usable:
+            verdict = "also"
+        else:
+            verdict = "skip"
+        print(f"  {verdict} {choice.backend:<9} {choice.reason}")
+    if chosen is None or chosen.start is None:
+        print("no backend can provide a server; see README → 'Getting a server'")
+        return 1
+    server = chosen.start(None)
+    try:
+        if chosen.backend == "url":
+            server.identify()
+        seconds = getattr(server, "started_in", None)
+        started = f", started in {seconds * 1e3:.0f} ms" if seconds else ""
+        print(f"server: {server.describe()}{started}")
+    finally:
+        server.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m redisopt")
+    parser.add_argument("command", choices=["doctor"], help="doctor: report how a server is provisioned")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "doctor":
+            return doctor()
+    except RedisoptError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

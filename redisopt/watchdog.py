@@ -1,0 +1,74 @@
+"""Keeper of one private server process: stops it and removes its directory when the owner dies.
+
+Run as a plain script (stdlib only, ``python -I watchdog.py DIR -- SERVER ARGS…``). It starts the
+server as its own child, writes the child's pid on stdout, then waits for end-of-file on stdin.
+The owning Python process holds the other end of that pipe, so EOF arrives when the owner calls
+stop() *or* when it dies for any reason, SIGKILL included: the server never outlives a crashed
+notebook kernel, and its temp directory does not pile up in /tmp. If the server exits on its own,
+the watchdog cleans up and exits too.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 3 or argv[1] != "--":
+        print("usage: watchdog.py DIR -- SERVER [ARGS...]", file=sys.stderr)
+        return 2
+    workdir, command = argv[0], argv[2:]
+    # Interrupting a notebook kernel signals its process group; we run in our own session, and
+    # ignore SIGINT besides, so only the owner's EOF (or SIGTERM) ends the server.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    log = open(os.path.join(workdir, "server.out"), "ab")
+    try:
+        proc = subprocess.Popen(command, cwd=workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    except OSError as exc:
+        log.write(f"cannot start {command[0]}: {exc}\n".encode())
+        return 1
+    try:
+        sys.stdout.write(f"{proc.pid}\n")
+        sys.stdout.flush()
+        stdin = sys.stdin.fileno()
+        while proc.poll() is None:
+            ready, _, _ = select.select([stdin], [], [], 0.25)
+            if ready and not os.read(stdin, 4096):
+                break  # EOF: the owner stopped us or is gone
+        else:
+            _report_tail(workdir)  # the server died by itself: tell the owner why
+    finally:
+        _stop(proc)
+        log.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def _report_tail(workdir: str) -> None:
+    try:
+        with open(os.path.join(workdir, "server.out"), "rb") as fh:
+            lines = [line for line in fh.read().decode("utf-8", "replace").splitlines() if line.strip()]
+        sys.stdout.write(" | ".join(lines[-5:]) + "\n")
+        sys.stdout.flush()
+    except OSError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
