@@ -11,8 +11,10 @@ from redisopt.bench import (
     measure,
     speedup,
     summarize,
+    sweep,
     worst_stall_ms,
 )
+from redisopt.bulk import add_many, push_many, scan_keys, unlink_matching
 from redisopt.errors import (
     ConfigError,
     DestructiveCommandError,
@@ -20,24 +22,43 @@ from redisopt.errors import (
     RedisoptError,
     ServerStartError,
 )
+from redisopt.keyspace import KeySpace
+from redisopt.leaderboard import Leaderboard, top_by_sorting
+from redisopt.memory import encodings, memory_usage, thresholds
+from redisopt.records import LAYOUTS, USER_FIELDS, RecordStore, sample_users
 from redisopt.server import Server, connect, default_server, start_server
 
 __all__ = [
     "ConfigError",
     "DestructiveCommandError",
+    "KeySpace",
+    "LAYOUTS",
     "LatencyProbe",
+    "Leaderboard",
     "NoServerError",
+    "RecordStore",
     "RedisoptError",
     "RoundTrips",
     "Server",
     "ServerStartError",
+    "USER_FIELDS",
+    "add_many",
     "compare",
     "connect",
     "count_round_trips",
     "default_server",
+    "encodings",
     "measure",
+    "memory_usage",
+    "push_many",
+    "sample_users",
+    "scan_keys",
     "speedup",
     "start_server",
     "summarize",
+    "sweep",
+    "thresholds",
+    "top_by_sorting",
+    "unlink_matching",
     "worst_stall_ms",
 ]

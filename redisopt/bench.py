@@ -93,6 +93,16 @@ def measure(fn: Callable[[], Any], *, case: str = "fn", **kwargs: Any) -> pd.Dat
     return compare({case: fn}, **kwargs)
 
 
+def sweep(make_cases: Callable[[Any], Mapping[str, Callable[[], Any]]], name: str,
+          values: list[Any], **kwargs: Any) -> pd.DataFrame:
+    """``compare`` at each value of one parameter; ``make_cases(value)`` prepares data and cases.
+
+    The result has a column ``name`` holding the parameter, ready for ``plots.lines``.
+    """
+    frames = [compare(make_cases(value), **kwargs, **{name: value}) for value in values]
+    return pd.concat(frames, ignore_index=True)
+
+
 def summarize(df: pd.DataFrame, by: str | list[str] = "case", value: str = "seconds") -> pd.DataFrame:
     """Median and spread (min, max) per group, in milliseconds, rounded for display."""
     grouped = df.groupby(by, sort=False)[value]

@@ -1,0 +1,42 @@
+"""A leaderboard two ways: a Sorted Set the server keeps in order, or a Hash sorted in Python."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import redis
+
+from redisopt.bulk import chunked
+
+
+class Leaderboard:
+    """Scores in a Sorted Set: top-N is O(log N + n) on the server, one round trip."""
+
+    def __init__(self, client: redis.Redis, key: str) -> None:
+        self.client, self.key = client, key
+
+    def add(self, scores: Mapping[str, float], chunk: int = 1_000) -> None:
+        """ZADD all scores, ``chunk`` members per command, in one pipeline."""
+        pipe = self.client.pipeline(transaction=False)
+        for part in chunked(scores.items(), chunk):
+            pipe.zadd(self.key, dict(part))
+        pipe.execute()
+
+    def top(self, n: int = 10) -> list[tuple[str, float]]:
+        """Highest first. ZRANGE … REV replaces ZREVRANGE, deprecated since Redis 6.2."""
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        return self.client.zrange(self.key, 0, n - 1, desc=True, withscores=True)
+
+    def rank(self, member: str) -> int | None:
+        """0-based rank from the top, or None if the member has no score."""
+        return self.client.zrevrank(self.key, member)
+
+
+def top_by_sorting(client: redis.Redis, hash_key: str, n: int = 10) -> list[tuple[str, float]]:
+    """The alternative: fetch every score (HGETALL) and sort in Python. O(N) transfer per call.
+
+    Ties are ordered as ZRANGE … REV orders them (by member, descending), so results compare.
+    """
+    scores = {member: float(score) for member, score in client.hgetall(hash_key).items()}
+    return sorted(scores.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:n]
