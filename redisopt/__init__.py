@@ -24,7 +24,7 @@ from redisopt.errors import (
 )
 from redisopt.keyspace import KeySpace
 from redisopt.leaderboard import Leaderboard, top_by_sorting
-from redisopt.memory import encodings, memory_usage, thresholds
+from redisopt.memory import encoding_zoo, encodings, memory_usage, thresholds
 from redisopt.records import LAYOUTS, USER_FIELDS, RecordStore, sample_users
 from redisopt.server import Server, connect, default_server, start_server
 
@@ -47,6 +47,7 @@ __all__ = [
     "connect",
     "count_round_trips",
     "default_server",
+    "encoding_zoo",
     "encodings",
     "measure",
     "memory_usage",
@@ -62,3 +63,12 @@ __all__ = [
     "unlink_matching",
     "worst_stall_ms",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Import ``redisopt.plots`` (matplotlib, fonts) only when a notebook first uses it."""
+    if name == "plots":
+        import importlib
+
+        return importlib.import_module("redisopt.plots")
+    raise AttributeError(f"module 'redisopt' has no attribute {name!r}")

@@ -6,11 +6,12 @@ timings. Encodings and the thresholds that switch them are read from the server,
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
+import pandas as pd
 import redis
 
-from redisopt.bulk import chunked
+from redisopt.bulk import chunked, push_many
 
 # The size/entry limits that decide whether a small compact encoding is kept, per type.
 THRESHOLDS = (
@@ -51,3 +52,39 @@ def thresholds(client: redis.Redis) -> dict[str, int]:
         if value is not None:
             found[name] = int(value)
     return found
+
+
+def encoding_zoo(client: redis.Redis, prefix: str) -> pd.DataFrame:
+    """One key per interesting case, built just past the server's own thresholds.
+
+    Returns the cases with how each was built and its OBJECT ENCODING. The limits come from
+    CONFIG GET and the labels name no number, so the same table holds on servers whose defaults
+    differ (Redis 7.2: hash 128 entries; Valkey 8: 512).
+    """
+    limits = thresholds(client)
+    hash_n, hash_len = limits["hash-max-listpack-entries"] + 1, limits["hash-max-listpack-value"] + 1
+    set_n = limits["set-max-listpack-entries"] + 1
+    zset_n = limits["zset-max-listpack-entries"] + 1
+    cases: list[tuple[str, str, Callable[[str], object]]] = [
+        ("string", "정수 12345", lambda k: client.set(k, 12345)),
+        ("string", "짧은 문자열 (5바이트)", lambda k: client.set(k, "hello")),
+        ("string", "긴 문자열 (100바이트)", lambda k: client.set(k, "x" * 100)),
+        ("hash", "필드 2개", lambda k: client.hset(k, mapping={"a": 1, "b": 2})),
+        ("hash", "필드 (한도+1)개", lambda k: client.hset(k, mapping={f"f{i}": i for i in range(hash_n)})),
+        ("hash", "값 하나가 (한도+1)바이트", lambda k: client.hset(k, "f", "v" * hash_len)),
+        ("list", "원소 10개", lambda k: client.rpush(k, *range(10))),
+        ("list", "원소 5,000개", lambda k: push_many(client, k, [f"item:{i:06d}" for i in range(5_000)])),
+        ("set", "정수 10개", lambda k: client.sadd(k, *range(10))),
+        ("set", "문자열 10개", lambda k: client.sadd(k, *[f"u{i}" for i in range(10)])),
+        ("set", "문자열 (한도+1)개", lambda k: client.sadd(k, *[f"u{i}" for i in range(set_n)])),
+        ("zset", "원소 10개", lambda k: client.zadd(k, {f"m{i}": i for i in range(10)})),
+        ("zset", "원소 (한도+1)개", lambda k: client.zadd(k, {f"m{i}": i for i in range(zset_n)})),
+    ]
+    keys = [f"{prefix}:{i:02d}" for i in range(len(cases))]
+    client.unlink(*keys)
+    for key, (_, _, build) in zip(keys, cases):
+        build(key)
+    found = encodings(client, keys)
+    return pd.DataFrame(
+        {"자료형": [c[0] for c in cases], "만든 방법": [c[1] for c in cases], "인코딩": [found[k] for k in keys]}
+    )

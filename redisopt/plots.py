@@ -28,7 +28,8 @@ def use_korean_font() -> str:
     for path in sorted(fonts.glob("*.ttf")):
         if str(path) not in known:
             font_manager.fontManager.addfont(str(path))
-    plt.rcParams["font.family"] = FONT_FAMILY
+    # DejaVu Sans (matplotlib's own) backs up the few glyphs NanumGothic lacks, such as µ.
+    plt.rcParams["font.family"] = [FONT_FAMILY, "DejaVu Sans"]
     plt.rcParams["axes.unicode_minus"] = False  # NanumGothic has no U+2212 minus sign
     return FONT_FAMILY
 

@@ -1,0 +1,35 @@
+# Two commands on a fresh machine (Python >= 3.11, make, git):
+#   make lab   — JupyterLab on notebooks/, a Redis provisioned automatically
+#   make test  — unit tests against a real server, then strict nbval over the notebooks
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval-sanitize.cfg -p no:randomly
+
+.PHONY: lab test notebooks learner clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "redisopt needs Python >= 3.11; run: make PYTHON=python3.11 …")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks
+
+test: $(STAMP)
+	REDISOPT_PROGRESS=0 $(BIN)/python -m pytest tests/
+	REDISOPT_PROGRESS=0 $(BIN)/python -m pytest $(NBVAL) notebooks/
+
+# Re-run every notebook top to bottom and save its outputs (after changing a chapter).
+notebooks: $(STAMP)
+	REDISOPT_PROGRESS=0 $(BIN)/jupyter nbconvert --to notebook --execute --inplace notebooks/[0-9]*.ipynb
+
+# Learner editions (solutions replaced by stubs) in notebooks/learner/.
+learner: $(STAMP)
+	$(BIN)/python -m redisopt.learner notebooks notebooks/learner
+
+clean:
+	rm -rf $(VENV) notebooks/learner

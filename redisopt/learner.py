@@ -1,0 +1,53 @@
+"""Learner editions: the committed notebooks are solved; learners get stubs in their place.
+
+Code between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` is replaced by a stub that raises
+NotImplementedError, indented like the marker; outputs are cleared so nothing gives the answer away.
+Run ``python -m redisopt.learner SRC_DIR DEST_DIR`` (``make learner``).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import nbformat
+
+BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+STUB = 'raise NotImplementedError("연습 문제: 여기에 답을 작성하세요")'
+_BLOCK = re.compile(rf"^([ \t]*){re.escape(BEGIN)}[ \t]*\n.*?^[ \t]*{re.escape(END)}[ \t]*$", re.S | re.M)
+
+
+def strip_solutions(source: str) -> str:
+    """Replace every solution block with the stub; an unclosed block is an error, not a leak."""
+    stripped = _BLOCK.sub(lambda m: m.group(1) + STUB, source)
+    if BEGIN in stripped or END in stripped:
+        raise ValueError("unbalanced ### BEGIN SOLUTION / ### END SOLUTION markers")
+    return stripped
+
+
+def learner_edition(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    out = nbformat.from_dict(nb)
+    for cell in out.cells:
+        if cell.cell_type == "code":
+            cell.source = strip_solutions(cell.source)
+            cell.outputs = []
+            cell.execution_count = None
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m redisopt.learner SRC_DIR DEST_DIR", file=sys.stderr)
+        return 2
+    src, dest = Path(argv[0]), Path(argv[1])
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in sorted(src.glob("[0-9]*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        nbformat.write(learner_edition(nb), dest / path.name)
+        print(f"{dest / path.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
