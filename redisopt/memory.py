@@ -59,7 +59,9 @@ def encoding_zoo(client: redis.Redis, prefix: str) -> pd.DataFrame:
 
     Returns the cases with how each was built and its OBJECT ENCODING. The limits come from
     CONFIG GET and the labels name no number, so the same table holds on servers whose defaults
-    differ (Redis 7.2: hash 128 entries; Valkey 8: 512).
+    differ (Redis 7.2: hash 128 entries; Valkey 8: 512). Keep ``prefix`` short: Valkey 8 stores
+    the key name inside the value object, so a string stays ``embstr`` only while key and value
+    together fit in about 48 bytes (Redis 7.2 looks at the value alone, up to 44 bytes).
     """
     limits = thresholds(client)
     hash_n, hash_len = limits["hash-max-listpack-entries"] + 1, limits["hash-max-listpack-value"] + 1

