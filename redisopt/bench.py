@@ -151,7 +151,7 @@ def count_round_trips(client: redis.Redis) -> Iterator[RoundTrips]:
         yield result
     finally:
         after = tap.snapshot()
-        result.round_trips, result.commands, result.connects = (a - b for a, b in zip(after, before))
+        result.round_trips, result.commands, result.connects = (a - b for a, b in zip(after, before, strict=True))
 
 
 # --------------------------------------------------------------------------- latency probe

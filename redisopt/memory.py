@@ -41,7 +41,7 @@ def encodings(client: redis.Redis, keys: Iterable[str]) -> dict[str, str | None]
     pipe = client.pipeline(transaction=False)
     for key in keys:
         pipe.object("encoding", key)
-    return dict(zip(keys, pipe.execute(raise_on_error=False)))
+    return dict(zip(keys, pipe.execute(raise_on_error=False), strict=True))
 
 
 def thresholds(client: redis.Redis) -> dict[str, int]:
@@ -84,7 +84,7 @@ def encoding_zoo(client: redis.Redis, prefix: str) -> pd.DataFrame:
     ]
     keys = [f"{prefix}:{i:02d}" for i in range(len(cases))]
     client.unlink(*keys)
-    for key, (_, _, build) in zip(keys, cases):
+    for key, (_, _, build) in zip(keys, cases, strict=True):
         build(key)
     found = encodings(client, keys)
     return pd.DataFrame(

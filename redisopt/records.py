@@ -41,7 +41,8 @@ def sample_users(n: int, seed: int = 7) -> dict[int, dict[str, Any]]:
 class RecordStore:
     """Records of fixed ``fields`` under ``space``, in one of ``LAYOUTS``.
 
-    Every read returns ``dict[str, str]`` whatever the layout, so results compare directly.
+    Every read returns ``dict[str, str]`` whatever the layout, so results compare directly; the
+    client must decode responses (``connect()``'s clients do).
     """
 
     def __init__(self, client: redis.Redis, space: KeySpace, layout: str,
@@ -86,7 +87,7 @@ class RecordStore:
         if self.layout == "hash":
             return self.client.hgetall(self.key(rid)) or None
         values = self.client.mget(self.keys(rid))
-        found = {f: v for f, v in zip(self.fields, values) if v is not None}
+        found = {f: v for f, v in zip(self.fields, values, strict=True) if v is not None}
         return found or None
 
     def get_field(self, rid: object, field: str) -> str | None:

@@ -119,3 +119,13 @@ def test_latency_probe_does_not_count_against_the_client(r: redis.Redis) -> None
         with redisopt.LatencyProbe(r, interval=0.001):
             r.ping()
     assert rt.round_trips == 1
+
+
+def test_progress_bars_stay_off_for_tests_and_committed_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from redisopt.bench import progress_enabled
+
+    monkeypatch.setenv("REDISOPT_PROGRESS", "0")
+    assert progress_enabled() is False
+    monkeypatch.delenv("REDISOPT_PROGRESS")
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    assert progress_enabled() is True

@@ -55,7 +55,8 @@ def test_memory_usage_sums_pipelined(r: redis.Redis, ks: redisopt.KeySpace) -> N
 
 def test_thresholds_are_read_from_the_server(r: redis.Redis) -> None:
     limits = redisopt.thresholds(r)
-    assert limits["hash-max-listpack-entries"] == int(r.config_get("hash-max-listpack-entries")["hash-max-listpack-entries"])
+    name = "hash-max-listpack-entries"
+    assert limits[name] == int(r.config_get(name)[name])
     assert set(limits) == set(redisopt.memory.THRESHOLDS)
 
 
