@@ -282,3 +282,14 @@ def test_opting_in_allows_destructive_commands(server: redisopt.Server) -> None:
     assert client.config_get("slowlog-max-len")["slowlog-max-len"] == "129"
     client.config_set("slowlog-max-len", "128")
     client.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_server_that_goes_away_gives_a_clear_error_not_a_hang() -> None:
+    srv = redisopt.start_server()
+    client = srv.client()
+    assert client.ping()
+    srv.stop()
+    with pytest.raises(redis.exceptions.ConnectionError):
+        client.ping()  # redis-py retries a bounded number of times, then raises
+    client.close()
