@@ -3,6 +3,8 @@
 Notebooks import from here only; each name lives in a small module named by its noun.
 """
 
+import pandas as _pd
+
 from redisopt.bench import (
     LatencyProbe,
     RoundTrips,
@@ -27,6 +29,9 @@ from redisopt.leaderboard import Leaderboard, top_by_sorting
 from redisopt.memory import encoding_zoo, encodings, memory_usage, thresholds
 from redisopt.records import LAYOUTS, USER_FIELDS, RecordStore, sample_users
 from redisopt.server import Server, connect, default_server, start_server
+
+# Hangul is double-width in a terminal font: let pandas pad tables so Korean columns line up.
+_pd.set_option("display.unicode.east_asian_width", True)
 
 __all__ = [
     "ConfigError",

@@ -103,13 +103,20 @@ def sweep(make_cases: Callable[[Any], Mapping[str, Callable[[], Any]]], name: st
     return pd.concat(frames, ignore_index=True)
 
 
+_UNITS = {"seconds": ("ms", 1e3), "per_call_us": ("us", 1.0)}
+
+
 def summarize(df: pd.DataFrame, by: str | list[str] = "case", value: str = "seconds") -> pd.DataFrame:
-    """Median and spread (min, max) per group, in milliseconds, rounded for display."""
+    """Median and spread (min, max) per group, rounded for display.
+
+    ``value="seconds"`` reports each run (``number`` calls) in ms; ``value="per_call_us"`` one call in µs.
+    """
+    unit, scale = _UNITS.get(value, (value, 1.0))
     grouped = df.groupby(by, sort=False)[value]
     out = pd.DataFrame({
-        "median_ms": grouped.median() * 1e3,
-        "min_ms": grouped.min() * 1e3,
-        "max_ms": grouped.max() * 1e3,
+        f"median_{unit}": grouped.median() * scale,
+        f"min_{unit}": grouped.min() * scale,
+        f"max_{unit}": grouped.max() * scale,
         "runs": grouped.size(),
     })
     return out.round(3)

@@ -23,10 +23,16 @@ class Leaderboard:
         pipe.execute()
 
     def top(self, n: int = 10) -> list[tuple[str, float]]:
-        """Highest first. ZRANGE … REV replaces ZREVRANGE, deprecated since Redis 6.2."""
+        """Highest first, with ``ZRANGE key 0 n-1 REV WITHSCORES`` (one round trip).
+
+        Sent as written: redis-py's ``zrange(desc=True)`` quietly sends ZREVRANGE instead, the
+        form deprecated since Redis 6.2.
+        """
         if n < 1:
             raise ValueError("n must be >= 1")
-        return self.client.zrange(self.key, 0, n - 1, desc=True, withscores=True)
+        return self.client.execute_command(
+            "ZRANGE", self.key, 0, n - 1, "REV", "WITHSCORES", withscores=True
+        )
 
     def rank(self, member: str) -> int | None:
         """0-based rank from the top, or None if the member has no score."""

@@ -1,7 +1,8 @@
 """What keys cost in memory and how the server encodes them.
 
-Byte counts depend on the allocator (jemalloc Redis vs libc Valkey) and version: treat them like
-timings. Encodings and the thresholds that switch them are read from the server, not assumed.
+Byte counts depend on the server version and its allocator (jemalloc in most builds; libc malloc
+in the pip-bundled Valkey): treat them like timings. The thresholds that switch encodings are
+settings an operator may change, so they are read from the server, not assumed.
 """
 
 from __future__ import annotations
@@ -58,10 +59,10 @@ def encoding_zoo(client: redis.Redis, prefix: str) -> pd.DataFrame:
     """One key per interesting case, built just past the server's own thresholds.
 
     Returns the cases with how each was built and its OBJECT ENCODING. The limits come from
-    CONFIG GET and the labels name no number, so the same table holds on servers whose defaults
-    differ (Redis 7.2: hash 128 entries; Valkey 8: 512). Keep ``prefix`` short: Valkey 8 stores
-    the key name inside the value object, so a string stays ``embstr`` only while key and value
-    together fit in about 48 bytes (Redis 7.2 looks at the value alone, up to 44 bytes).
+    CONFIG GET and the labels name no number, so the same table holds on any server, whatever its
+    operator set. Keep ``prefix`` short: Valkey 8 stores the key name inside the value object, so
+    a string stays ``embstr`` only while key and value together fit in about 48 bytes (Redis looks
+    at the value alone, up to 44 bytes; that limit is compiled in, not a setting).
     """
     limits = thresholds(client)
     hash_n, hash_len = limits["hash-max-listpack-entries"] + 1, limits["hash-max-listpack-value"] + 1
