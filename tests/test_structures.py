@@ -85,3 +85,15 @@ def test_push_many_and_add_many_use_variadic_commands(r: redis.Redis, ks: rediso
     assert r.lrange(ks.key("l"), 0, 2) == ["0", "1", "2"]
     with pytest.raises(ValueError):
         list(redisopt.bulk.chunked([1], 0))
+
+
+def test_top_sends_zrange_rev_not_the_deprecated_zrevrange(r: redis.Redis, ks: redisopt.KeySpace) -> None:
+    board = redisopt.Leaderboard(r, ks.key("board"))
+    board.add({"a": 1, "b": 2})
+
+    def calls(command: str) -> int:
+        return int(r.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+    before = calls("zrange"), calls("zrevrange")
+    assert board.top(2) == [("b", 2.0), ("a", 1.0)]
+    assert (calls("zrange") - before[0], calls("zrevrange") - before[1]) == (1, 0)
