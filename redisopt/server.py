@@ -218,6 +218,29 @@ def render_config(config: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def private_settings(config: Mapping[str, Any] | None) -> dict[str, str]:
+    """PRIVATE_CONFIG plus a chapter's extra settings, refusing any that would loosen it."""
+    extra = {name: str(value) for name, value in (config or {}).items()}
+    fixed = _FIXED.intersection(extra)
+    if fixed:
+        raise ConfigError(f"{', '.join(sorted(fixed))} cannot be changed on a private server")
+    settings = {**PRIVATE_CONFIG, **extra}
+    render_config(settings)  # reject bad names and values before anything starts
+    return settings
+
+
+def container_command(password: str, config: Mapping[str, Any] | None) -> str:
+    """The redis-server command line for a container: same settings, reachable via the published port.
+
+    Inside its own network namespace the server must bind all interfaces; the host side is
+    published on 127.0.0.1 only. Logs go to stdout, where Docker keeps them.
+    """
+    settings = private_settings(config)
+    settings.update({"bind": "0.0.0.0", "protected-mode": "no", "requirepass": password})
+    settings.pop("logfile")
+    return "redis-server " + " ".join(f"--{name} {value}" for name, value in settings.items())
+
+
 def _stop_watchdog(proc: subprocess.Popen[bytes], owner: int) -> None:
     if os.getpid() != owner:
         return  # a forked child must not stop its parent's server
@@ -235,15 +258,10 @@ class ProcessServer(Server):
     """A private server process (local or bundled binary) kept by a watchdog."""
 
     def __init__(self, executable: str, backend: str, config: Mapping[str, Any] | None = None) -> None:
-        extra = dict(config or {})
-        fixed = _FIXED.intersection(extra)
-        if fixed:
-            raise ConfigError(f"{', '.join(sorted(fixed))} cannot be changed on a private server")
+        self.config = private_settings(config)
         self.backend = backend
         self.executable = executable
         super().__init__("127.0.0.1", 0, secrets.token_urlsafe(24))
-        self.config = {**PRIVATE_CONFIG, **{k: str(v) for k, v in extra.items()}}
-        render_config(self.config)  # reject bad names and values before anything starts
         self.workdir = ""
         self.pid = 0
         self.started_in = 0.0
@@ -331,15 +349,12 @@ class ContainerServer(Server):
         from testcontainers.community.redis import RedisContainer
 
         super().__init__("127.0.0.1", 0, secrets.token_urlsafe(24))
-        settings = {**PRIVATE_CONFIG, **{k: str(v) for k, v in (config or {}).items()}}
-        settings.update({"bind": "0.0.0.0", "protected-mode": "no", "requirepass": self.password})
-        settings.pop("logfile")
-        args = " ".join(f"--{k} {v}" for k, v in settings.items())
+        command = container_command(self.password, config)
         image = os.environ.get("REDISOPT_IMAGE", CONTAINER_IMAGE)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             container = RedisContainer(image, password=self.password)
-            container.with_command(f"redis-server {args}")
+            container.with_command(command)
             # Publish on the host's loopback only (docker-py takes an (ip, port) pair here).
             container.ports["6379"] = ("127.0.0.1", None)  # type: ignore[assignment]
             container.start()

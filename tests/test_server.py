@@ -293,3 +293,17 @@ def test_a_server_that_goes_away_gives_a_clear_error_not_a_hang() -> None:
     with pytest.raises(redis.exceptions.ConnectionError):
         client.ping()  # redis-py retries a bounded number of times, then raises
     client.close()
+
+
+def test_container_command_keeps_the_private_settings() -> None:
+    import shlex
+
+    from redisopt.server import container_command
+
+    argv = shlex.split(container_command("s3cret", {"maxmemory": "8mb"}))  # as docker-py splits it
+    assert argv[0] == "redis-server"
+    pairs = dict(zip(argv[1::2], argv[2::2], strict=True))
+    assert pairs["--requirepass"] == "s3cret" and pairs["--save"] == "" and pairs["--appendonly"] == "no"
+    assert pairs["--maxmemory"] == "8mb"
+    with pytest.raises(redisopt.ConfigError, match="requirepass"):
+        container_command("s3cret", {"requirepass": ""})
