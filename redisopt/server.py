@@ -117,8 +117,8 @@ class Server:
             info = client.info("server")
         finally:
             client.close()
-        if "valkey_version" in info:
-            self.name, self.version = "Valkey", str(info["valkey_version"])
+        if "valkey_version" in info or info.get("server_name") == "valkey":
+            self.name, self.version = "Valkey", str(info.get("valkey_version", info["redis_version"]))
         else:
             self.name, self.version = "Redis", str(info["redis_version"])
         if _version_tuple(self.version)[:2] < MIN_VERSION:
@@ -183,7 +183,7 @@ def parse_redis_url(url: str) -> urllib.parse.SplitResult:
     form = "redis://[[user]:password@]host[:port][/db], rediss://… or unix:///path/to.sock"
     try:
         parsed = urllib.parse.urlsplit(url.strip())
-        port = parsed.port
+        parsed.port  # noqa: B018  # raises ValueError for a port that is not a number
     except ValueError as exc:
         raise ConfigError(f"REDIS_URL {url!r} is malformed ({exc}); expected {form}") from None
     if parsed.scheme not in CONNECTION_CLASSES:
@@ -195,7 +195,6 @@ def parse_redis_url(url: str) -> urllib.parse.SplitResult:
     db = parsed.path.strip("/")
     if parsed.scheme != "unix" and db and not db.isdigit():
         raise ConfigError(f"REDIS_URL {url!r}: database {db!r} is not a number; expected {form}")
-    del port
     return parsed
 
 
@@ -312,9 +311,7 @@ class ProcessServer(Server):
                 try:
                     if probe.ping():
                         return
-                except redis.exceptions.BusyLoadingError:
-                    pass
-                except redis.exceptions.ConnectionError:
+                except redis.exceptions.ConnectionError:  # not listening yet, or still loading
                     pass
                 time.sleep(0.005)
         finally:

@@ -307,3 +307,20 @@ def test_container_command_keeps_the_private_settings() -> None:
     assert pairs["--maxmemory"] == "8mb"
     with pytest.raises(redisopt.ConfigError, match="requirepass"):
         container_command("s3cret", {"requirepass": ""})
+
+
+def test_unix_socket_redis_url_is_counted_and_guarded(tmp_path: Path) -> None:
+    sock = tmp_path / "redis.sock"
+    srv = redisopt.start_server({"unixsocket": str(sock), "unixsocketperm": "700"})
+    user = redisopt.server.UrlServer(f"unix://{sock}?password={srv.password}")
+    client = user.client()
+    try:
+        client.ping()
+        with redisopt.count_round_trips(client) as rt:
+            client.set("k", "v")
+        assert rt.round_trips == 1
+        with pytest.raises(redisopt.DestructiveCommandError, match=str(sock)):
+            client.flushall()
+    finally:
+        client.close()
+        srv.stop()
