@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import redis.backoff
+import redis.retry
 
 from redisopt.connection import CONNECTION_CLASSES, OPT_IN_HINT, Tap
 from redisopt.errors import ConfigError, NoServerError, ServerStartError
@@ -299,8 +301,10 @@ class ProcessServer(Server):
         self.started_in = time.perf_counter() - started
 
     def _wait_ready(self, proc: subprocess.Popen[bytes]) -> None:
+        # No retries: redis-py's default backoff would turn each "not yet" into seconds.
         probe = redis.Redis(host=self.host, port=self.port, password=self.password,
-                            socket_connect_timeout=1, socket_timeout=2, retry_on_error=[])
+                            socket_connect_timeout=1, socket_timeout=2,
+                            retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0))
         deadline = time.monotonic() + START_TIMEOUT
         try:
             while time.monotonic() < deadline:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import redis
+import redis.backoff
+import redis.retry
 
 import redisopt
 from redisopt.server import parse_redis_url, render_config
@@ -157,12 +159,15 @@ def test_doctor_redacts_the_password_of_redis_url(server: redisopt.Server) -> No
 # --------------------------------------------------------------------------- private server
 
 
+NO_RETRY = {"retry": redis.retry.Retry(redis.backoff.NoBackoff(), 0)}
+
+
 def test_private_server_requires_auth(server: redisopt.Server) -> None:
-    anonymous = redis.Redis(host=server.host, port=server.port)
+    anonymous = redis.Redis(host=server.host, port=server.port, **NO_RETRY)
     with pytest.raises(redis.exceptions.AuthenticationError):
         anonymous.ping()
     anonymous.close()
-    wrong = redis.Redis(host=server.host, port=server.port, password="not-the-password")
+    wrong = redis.Redis(host=server.host, port=server.port, password="not-the-password", **NO_RETRY)
     with pytest.raises(redis.exceptions.AuthenticationError):
         wrong.ping()
     wrong.close()
