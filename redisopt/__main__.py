@@ -28,10 +28,7 @@ def doctor() -> int:
         return 1
     server = chosen.start(None)
     try:
-        if chosen.backend == "url":
-            server.identify()
-        seconds = getattr(server, "started_in", None)
-        started = f", started in {seconds * 1e3:.0f} ms" if seconds else ""
+        started = f", started in {server.started_in * 1e3:.0f} ms" if server.started_in else ""
         print(f"server: {server.describe()}{started}")
     finally:
         server.stop()

@@ -9,6 +9,7 @@ settings for chapters that need their own (maxmemory, eviction policy, slowlog t
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import re
@@ -82,6 +83,7 @@ class Server:
 
     backend: str = ""
     private: bool = True
+    started_in = 0.0  # seconds to start, for servers this process starts
 
     def __init__(self, host: str, port: int, password: str | None, *, db: int = 0) -> None:
         self.host, self.port, self.password, self.db = host, port, password, db
@@ -160,6 +162,10 @@ class UrlServer(Server):
         parsed = parse_redis_url(url)
         super().__init__(parsed.hostname or "", parsed.port or 6379, parsed.password)
         self._scheme = parsed.scheme
+        try:
+            self.identify()
+        except redis.exceptions.RedisError as exc:
+            raise NoServerError(f"REDIS_URL is set, but {self.where()} does not answer: {exc}") from None
 
     def guard_label(self, allow_destructive: bool) -> str | None:
         if allow_destructive or _truthy(os.environ.get("REDISOPT_ALLOW_DESTRUCTIVE")):
@@ -265,7 +271,6 @@ class ProcessServer(Server):
         super().__init__("127.0.0.1", 0, secrets.token_urlsafe(24))
         self.workdir = ""
         self.pid = 0
-        self.started_in = 0.0
         for attempt in range(3):
             try:
                 self._start()
@@ -435,7 +440,9 @@ def _probe_container() -> Choice:
     return Choice("container", True, f"a Docker engine answers; image {image}", ContainerServer)
 
 
+@functools.cache
 def _binary_version(path: str) -> str:
+    """The server binary's version; cached, as every start_server() probes the chain again."""
     try:
         out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
@@ -517,13 +524,7 @@ def _start_first(backends: tuple[str, ...], config: Mapping[str, Any] | None) ->
         reasons = "\n".join(f"  - {c.backend}: {c.reason}" for c in choices)
         image = os.environ.get("REDISOPT_IMAGE", CONTAINER_IMAGE)
         raise NoServerError(NO_SERVER_HELP.format(image=image, reasons=reasons))
-    server = chosen.start(config)
-    if isinstance(server, UrlServer):
-        try:
-            server.identify()
-        except redis.exceptions.RedisError as exc:
-            raise NoServerError(f"REDIS_URL is set, but {server.where()} does not answer: {exc}") from None
-    return server
+    return chosen.start(config)
 
 
 _default: Server | None = None

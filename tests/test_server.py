@@ -135,6 +135,9 @@ def test_redis_url_that_does_not_answer_is_a_clear_error() -> None:
         env={"REDIS_URL": f"redis://127.0.0.1:{port}/0"},
     )
     assert f"127.0.0.1:{port} does not answer" in out.stdout, out
+    doctor = run_python("from redisopt.__main__ import main; raise SystemExit(main(['doctor']))",
+                        env={"REDIS_URL": f"redis://127.0.0.1:{port}/0"})
+    assert doctor.returncode == 1 and f"127.0.0.1:{port} does not answer" in doctor.stderr, doctor
 
 
 def test_doctor_names_the_backend_and_why_earlier_ones_were_skipped() -> None:
