@@ -8,6 +8,7 @@ settings an operator may change, so they are read from the server, not assumed.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import pandas as pd
 import redis
@@ -25,33 +26,40 @@ THRESHOLDS = (
 )
 
 
-def memory_usage(client: redis.Redis, keys: Iterable[str], batch: int = 1_000) -> int:
-    """Total MEMORY USAGE of ``keys`` (SAMPLES 0: exact), pipelined ``batch`` keys per round trip."""
-    total = 0
+def _per_key(client: redis.Redis, keys: Iterable[str], command: Callable[[Any, str], object],
+             batch: int) -> list[Any]:
+    """Run ``command(pipe, key)`` for every key, ``batch`` keys per round trip; replies in order."""
+    replies: list[Any] = []
     for part in chunked(keys, batch):
         pipe = client.pipeline(transaction=False)
         for key in part:
-            pipe.memory_usage(key, samples=0)
-        total += sum(size or 0 for size in pipe.execute())
-    return total
+            command(pipe, key)
+        replies.extend(pipe.execute(raise_on_error=False))
+    return replies
 
 
-def encodings(client: redis.Redis, keys: Iterable[str]) -> dict[str, str | None]:
-    """OBJECT ENCODING of each key in one round trip; None for a key that does not exist."""
+def memory_usage(client: redis.Redis, keys: Iterable[str], batch: int = 1_000) -> int:
+    """Total MEMORY USAGE of ``keys`` (SAMPLES 0: exact), pipelined ``batch`` keys per round trip."""
+    sizes = _per_key(client, keys, lambda pipe, key: pipe.memory_usage(key, samples=0), batch)
+    return sum(size or 0 for size in sizes)
+
+
+def encodings(client: redis.Redis, keys: Iterable[str], batch: int = 1_000) -> dict[str, str | None]:
+    """OBJECT ENCODING of each key, pipelined; None for a key that does not exist."""
     keys = list(keys)
-    pipe = client.pipeline(transaction=False)
-    for key in keys:
-        pipe.object("encoding", key)
-    return dict(zip(keys, pipe.execute(raise_on_error=False), strict=True))
+    found = _per_key(client, keys, lambda pipe, key: pipe.object("encoding", key), batch)
+    return dict(zip(keys, found, strict=True))
 
 
 def thresholds(client: redis.Redis) -> dict[str, int]:
-    """The server's encoding thresholds (CONFIG GET is read-only, so fine on any server)."""
-    found = {}
+    """The server's encoding thresholds, in one round trip (CONFIG GET is read-only: fine anywhere)."""
+    pipe = client.pipeline(transaction=False)
     for name in THRESHOLDS:
-        value = client.config_get(name).get(name)
-        if value is not None:
-            found[name] = int(value)
+        pipe.config_get(name)
+    found = {}
+    for name, reply in zip(THRESHOLDS, pipe.execute(), strict=True):
+        if name in reply:
+            found[name] = int(reply[name])
     return found
 
 

@@ -51,10 +51,14 @@ def test_memory_usage_sums_pipelined(r: redis.Redis, ks: redisopt.KeySpace) -> N
     assert rt.round_trips == 3
     assert total == sum(r.memory_usage(k, samples=0) for k in keys) and total >= 30 * one * 0.5
     assert redisopt.memory_usage(r, [ks.key("missing")]) == 0
+    assert redisopt.encodings(r, [keys[0], ks.key("missing")]) == {keys[0]: "embstr", ks.key("missing"): None}
 
 
-def test_thresholds_are_read_from_the_server(r: redis.Redis) -> None:
-    limits = redisopt.thresholds(r)
+def test_thresholds_are_read_from_the_server_in_one_round_trip(r: redis.Redis) -> None:
+    r.ping()
+    with redisopt.count_round_trips(r) as rt:
+        limits = redisopt.thresholds(r)
+    assert rt.round_trips == 1
     name = "hash-max-listpack-entries"
     assert limits[name] == int(r.config_get(name)[name])
     assert set(limits) == set(redisopt.memory.THRESHOLDS)
