@@ -51,7 +51,8 @@ def test_memory_usage_sums_pipelined(r: redis.Redis, ks: redisopt.KeySpace) -> N
     assert rt.round_trips == 3
     assert total == sum(r.memory_usage(k, samples=0) for k in keys) and total >= 30 * one * 0.5
     assert redisopt.memory_usage(r, [ks.key("missing")]) == 0
-    assert redisopt.encodings(r, [keys[0], ks.key("missing")]) == {keys[0]: "embstr", ks.key("missing"): None}
+    direct = r.object("encoding", keys[0])
+    assert redisopt.encodings(r, [keys[0], ks.key("missing")]) == {keys[0]: direct, ks.key("missing"): None}
 
 
 def test_thresholds_are_read_from_the_server_in_one_round_trip(r: redis.Redis) -> None:
