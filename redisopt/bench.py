@@ -169,7 +169,7 @@ def _sibling_client(client: redis.Redis) -> redis.Redis:
     pool = client.connection_pool
     kwargs = dict(pool.connection_kwargs)
     if "tap" in kwargs:
-        kwargs["tap"] = Tap(kwargs["tap"].guard_label)
+        kwargs["tap"] = Tap(kwargs["tap"].guard)  # the same guard: its rules are fetched once
     return redis.Redis.from_pool(redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
 
 

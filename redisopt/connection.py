@@ -1,10 +1,10 @@
-"""Instrumented redis-py connections: exact round-trip counts and the guard for user servers.
+"""Instrumented redis-py connections: exact round-trip counts, and the guard for user servers.
 
 Every client redisopt hands out runs on these connection classes. Each write burst to the socket
 is one network round trip (redis-py writes a whole pipeline at once, then reads every reply), and
 each packed command is one command, so a block of code can be charged exactly. The connection
-handshake (AUTH, HELLO, CLIENT SETINFO) is counted apart, so the counts do not depend on whether
-the pool already had a connection open.
+handshake (AUTH, HELLO, CLIENT SETINFO, and the guard's one COMMAND fetch per server) is counted
+apart, so the counts do not depend on whether the pool already had a connection open.
 """
 
 from __future__ import annotations
@@ -15,63 +15,28 @@ from typing import Any
 
 import redis
 
-from redisopt.errors import DestructiveCommandError
+from redisopt.guard import OPT_IN_HINT, Guard, wire_args
 
-# Commands that destroy data or change server configuration. On a server the user supplied
-# (REDIS_URL) they are refused unless the user opts in: the workbook must never wipe it.
-DESTRUCTIVE_COMMANDS: frozenset[tuple[str, ...]] = frozenset(
-    {
-        ("FLUSHALL",),
-        ("FLUSHDB",),
-        ("DEBUG",),
-        ("SHUTDOWN",),
-        ("SWAPDB",),
-        ("REPLICAOF",),
-        ("SLAVEOF",),
-        ("CONFIG", "SET"),
-        ("CONFIG", "RESETSTAT"),
-        ("CONFIG", "REWRITE"),
-        ("SCRIPT", "FLUSH"),
-        ("FUNCTION", "FLUSH"),
-        ("SLOWLOG", "RESET"),
-        ("LATENCY", "RESET"),
-        ("CLUSTER", "RESET"),
-        ("CLUSTER", "FLUSHSLOTS"),
-    }
-)
-_CONTAINERS = frozenset(words[0] for words in DESTRUCTIVE_COMMANDS if len(words) == 2)
-
-OPT_IN_HINT = (
-    "set REDISOPT_ALLOW_DESTRUCTIVE=1 or call redisopt.connect(allow_destructive=True)"
-)
-
-
-def _word(arg: Any) -> str:
-    if isinstance(arg, (bytes, bytearray, memoryview)):
-        return bytes(arg).decode("utf-8", "replace")
-    return str(arg)
-
-
-def command_name(args: Sequence[Any]) -> tuple[str, ...]:
-    """The command's name, with its subcommand for container commands (``CONFIG SET``)."""
-    words = _word(args[0]).upper().split()
-    if len(words) == 1 and words[0] in _CONTAINERS and len(args) > 1:
-        words.append(_word(args[1]).upper())
-    return tuple(words[:2])
+__all__ = ["CONNECTION_CLASSES", "OPT_IN_HINT", "Guard", "Tap", "tap_of"]
 
 
 class Tap:
-    """Counters shared by all connections of one pool, and the guard's switch.
+    """Counters shared by all connections of one pool, and the pool's guard.
 
-    ``guard_label`` names the user's server in refusals; ``None`` means nothing is refused.
+    ``guard`` is None for a private server: nothing is refused and nothing extra is done.
     """
 
-    def __init__(self, guard_label: str | None = None) -> None:
+    def __init__(self, guard: Guard | str | None = None) -> None:
         self.round_trips = 0
         self.commands = 0
         self.connects = 0
-        self.guard_label = guard_label
+        self.guard = Guard(guard) if isinstance(guard, str) else guard
         self._lock = threading.Lock()
+
+    @property
+    def guard_label(self) -> str | None:
+        """The user's server as refusals name it; None when nothing is refused."""
+        return self.guard.label if self.guard is not None else None
 
     def add(self, round_trips: int = 0, commands: int = 0, connects: int = 0) -> None:
         with self._lock:
@@ -82,17 +47,6 @@ class Tap:
     def snapshot(self) -> tuple[int, int, int]:
         with self._lock:
             return self.round_trips, self.commands, self.connects
-
-    def check(self, args: Sequence[Any]) -> None:
-        """Refuse a destructive command when this pool talks to a user-supplied server."""
-        if self.guard_label is None:
-            return
-        name = command_name(args)
-        if name in DESTRUCTIVE_COMMANDS or name[:1] in DESTRUCTIVE_COMMANDS:
-            raise DestructiveCommandError(
-                f"{' '.join(name)} refused: {self.guard_label} is a server you supplied, and "
-                f"redisopt never flushes or reconfigures it. To allow it anyway, {OPT_IN_HINT}."
-            )
 
 
 class _Instrumented:
@@ -107,20 +61,30 @@ class _Instrumented:
         self._in_handshake = True
         try:
             super().on_connect_check_health(check_health)  # type: ignore[misc]
+            if self.tap.guard is not None and self.tap.guard.rules is None:
+                self.tap.guard.load(self)  # once per server, part of the handshake: not counted
         finally:
             self._in_handshake = False
         self.tap.add(connects=1)
 
+    def _check(self, commands: Iterable[Sequence[Any]]) -> None:
+        """Refuse before anything is sent; checks what redis-py's packer will put on the wire."""
+        if self.tap.guard.rules is None:  # type: ignore[union-attr]
+            self.connect()  # type: ignore[attr-defined]  # the handshake fetches the rules
+        for args in commands:
+            self.tap.guard.check(wire_args(self._command_packer.pack(*args)))  # type: ignore[union-attr,attr-defined]
+
     def send_command(self, *args: Any, **kwargs: Any) -> None:
         if not self._in_handshake:
-            self.tap.check(args)
+            if self.tap.guard is not None:
+                self._check([args])
             self.tap.add(commands=1)
         super().send_command(*args, **kwargs)  # type: ignore[misc]
 
     def pack_commands(self, commands: Iterable[Sequence[Any]]) -> list[bytes]:
         commands = list(commands)
-        for args in commands:
-            self.tap.check(args)
+        if self.tap.guard is not None:
+            self._check(commands)  # all of them first: one refused command sends none
         self.tap.add(commands=len(commands))
         return super().pack_commands(commands)  # type: ignore[misc]
 

@@ -20,7 +20,7 @@ import redis
 import redis.backoff
 import redis.retry
 
-from redisopt.connection import CONNECTION_CLASSES, Tap
+from redisopt.connection import CONNECTION_CLASSES, Guard, Tap
 from redisopt.errors import NoServerError, ServerStartError
 from redisopt.serverconf import private_settings, render_config
 from redisopt.urls import parse_redis_url
@@ -49,8 +49,8 @@ class Server:
         self.host, self.port, self.password, self.db = host, port, password, db
         self.name, self.version = "", ""
 
-    # The label that makes the guard refuse destructive commands; None for private servers.
-    def guard_label(self, allow_destructive: bool) -> str | None:
+    # The guard that refuses destructive commands (redisopt.guard); None for private servers.
+    def guard(self, allow_destructive: bool) -> Guard | None:
         return None
 
     def _pool_kwargs(self) -> dict[str, Any]:
@@ -68,7 +68,7 @@ class Server:
         options.update(kwargs)
         pool = redis.ConnectionPool(
             connection_class=self._connection_class(),
-            tap=Tap(self.guard_label(allow_destructive)),
+            tap=Tap(self.guard(allow_destructive)),
             decode_responses=decode_responses,
             **options,
         )
@@ -127,10 +127,13 @@ class UrlServer(Server):
         except redis.exceptions.RedisError as exc:
             raise NoServerError(f"REDIS_URL is set, but {self.where()} does not answer: {exc}") from None
 
-    def guard_label(self, allow_destructive: bool) -> str | None:
+    def guard(self, allow_destructive: bool) -> Guard | None:
+        """One Guard per server, so its clients share the rules it fetches once (redisopt.guard)."""
         if allow_destructive or truthy(os.environ.get("REDISOPT_ALLOW_DESTRUCTIVE")):
             return None
-        return f"the REDIS_URL server {self.where()}"
+        if getattr(self, "_guard", None) is None:
+            self._guard = Guard(f"the REDIS_URL server {self.where()}")
+        return self._guard
 
     def _pool_kwargs(self) -> dict[str, Any]:
         kwargs = redis.connection.parse_url(self.url)

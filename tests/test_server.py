@@ -247,51 +247,6 @@ def test_config_rendering_rejects_injection() -> None:
         render_config({"bad name": "1"})
 
 
-# --------------------------------------------------------------------------- guard on user servers
-
-
-@pytest.fixture
-def url_client(server: redisopt.Server):
-    user = redisopt.server.UrlServer(f"redis://:{server.password}@127.0.0.1:{server.port}/0")
-    client = user.client()
-    yield client
-    client.close()
-
-
-@pytest.mark.parametrize(
-    "call",
-    [
-        lambda c: c.flushall(),
-        lambda c: c.flushdb(),
-        lambda c: c.config_set("maxmemory", "1mb"),
-        lambda c: c.execute_command("DEBUG", "SLEEP", "0"),
-        lambda c: c.execute_command("config", "set", "maxmemory", "1mb"),
-        lambda c: c.pipeline().set("x", 1).flushdb().execute(),
-    ],
-    ids=["flushall", "flushdb", "config-set", "debug", "lowercase", "in-pipeline"],
-)
-def test_destructive_commands_are_refused_on_a_url_server(url_client, r, ks, call) -> None:
-    r.set(ks.key("precious"), "keep me")
-    with pytest.raises(redisopt.DestructiveCommandError, match="REDISOPT_ALLOW_DESTRUCTIVE=1"):
-        call(url_client)
-    assert r.get(ks.key("precious")) == "keep me"
-    assert r.config_get("maxmemory")["maxmemory"] == "0"
-
-
-def test_read_only_commands_pass_the_guard(url_client) -> None:
-    assert url_client.config_get("maxmemory")["maxmemory"] == "0"
-    assert url_client.ping()
-
-
-def test_opting_in_allows_destructive_commands(server: redisopt.Server) -> None:
-    user = redisopt.server.UrlServer(f"redis://:{server.password}@127.0.0.1:{server.port}/0")
-    client = user.client(allow_destructive=True)
-    assert client.config_set("slowlog-max-len", "129")
-    assert client.config_get("slowlog-max-len")["slowlog-max-len"] == "129"
-    client.config_set("slowlog-max-len", "128")
-    client.close()
-
-
 @pytest.mark.timeout(60)
 def test_a_server_that_goes_away_gives_a_clear_error_not_a_hang() -> None:
     srv = redisopt.start_server()
