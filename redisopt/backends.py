@@ -14,14 +14,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from redisopt.containers import CONTAINER_IMAGE, ContainerServer
+from redisopt.containers import (
+    CONTAINER_IMAGE,
+    ENGINE_TIMEOUT,
+    ContainerServer,
+    ContainerUnavailableError,
+    engine_env,
+    engine_url,
+    ensure_image,
+    image_name,
+)
 from redisopt.errors import ConfigError, NoServerError
 from redisopt.servers import MIN_VERSION, ProcessServer, Server, UrlServer, version_tuple
 from redisopt.urls import parse_redis_url, redact
 
 BACKENDS = ("url", "container", "local", "bundled")
 PRIVATE_BACKENDS = BACKENDS[1:]
-DOCKER_SOCKETS = ("/var/run/docker.sock", "~/.docker/run/docker.sock", "~/.colima/default/docker.sock")
 
 NO_SERVER_HELP = """\
 redisopt could not get a Redis server. Any one of these three works:
@@ -55,14 +63,13 @@ def _probe_url() -> Choice:
 
 def _docker_engine_hint() -> str | None:
     """Why there is surely no engine (no DOCKER_HOST, no socket), or None if one may answer."""
-    if os.environ.get("DOCKER_HOST"):
-        return None
-    if any(Path(os.path.expanduser(path)).exists() for path in DOCKER_SOCKETS):
+    if engine_url():
         return None
     return "no Docker engine (DOCKER_HOST is unset and no docker.sock exists)"
 
 
 def _probe_container() -> Choice:
+    """Usable when an engine answers *and* has the image (pulled here if need be, bounded)."""
     hint = _docker_engine_hint()
     if hint:
         return Choice("container", False, hint)
@@ -75,19 +82,34 @@ def _probe_container() -> Choice:
         warnings.simplefilter("ignore")
         engine = None
         try:
-            engine = docker.from_env()
+            engine = docker.from_env(environment=engine_env(), timeout=ENGINE_TIMEOUT)
             engine.ping()
         except Exception as exc:  # docker.errors.DockerException and socket errors alike
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             reason = f"no Docker engine answers ({first[:120]})"
+        else:
+            try:
+                ensure_image(engine, image_name())
+            except ContainerUnavailableError as exc:  # offline, a closed registry, a typo
+                reason = str(exc)
         finally:
             if engine is not None:
                 engine.close()
             gc.collect()  # close the leaked socket now, while its warning is still silenced
     if reason:
         return Choice("container", False, reason)
-    image = os.environ.get("REDISOPT_IMAGE", CONTAINER_IMAGE)
-    return Choice("container", True, f"a Docker engine answers; image {image}", ContainerServer)
+    return Choice("container", True, f"a Docker engine answers; image {image_name()}", _start_container)
+
+
+def _start_container(config: Mapping[str, Any] | None) -> Server:
+    """A container; if the engine cannot create or start it after all, the next backend (warned)."""
+    try:
+        return ContainerServer(config)
+    except ContainerUnavailableError as exc:
+        if forced_backend() == "container":
+            raise
+        warnings.warn(f"{exc}; using the next backend instead", RuntimeWarning, stacklevel=3)
+        return start_first(BACKENDS[BACKENDS.index("container") + 1:], config)
 
 
 @functools.cache
