@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from redisopt.guard import OPT_IN_HINT, Guard, wire_args
+from redisopt.guard import OPT_IN_HINT, Guard
 
 __all__ = ["CONNECTION_CLASSES", "OPT_IN_HINT", "Guard", "Tap", "tap_of"]
 
@@ -72,7 +72,7 @@ class _Instrumented:
         if self.tap.guard.rules is None:  # type: ignore[union-attr]
             self.connect()  # type: ignore[attr-defined]  # the handshake fetches the rules
         for args in commands:
-            self.tap.guard.check(wire_args(self._command_packer.pack(*args)))  # type: ignore[union-attr,attr-defined]
+            self.tap.guard.check_call(args, self._command_packer.pack)  # type: ignore[union-attr,attr-defined]
 
     def send_command(self, *args: Any, **kwargs: Any) -> None:
         if not self._in_handshake:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -212,6 +212,10 @@ class Guard:
         self.rules: Rules | None = None
         self.fetch_ms = 0.0
         self._lock = threading.Lock()
+        # First arguments (str/bytes, as passed) that alone make a command safe, whatever follows:
+        # one plain word, not refused, not a container, not a script. Skips repacking GET, SET, …
+        self._safe_first: set[str | bytes] = set()
+        self._safe_scripts: set[bytes] = set()  # script bodies already read and found harmless
 
     @property
     def refused(self) -> Mapping[str, str]:
@@ -234,6 +238,24 @@ class Guard:
                 self.rules = fallback_rules()
             self.fetch_ms = (time.perf_counter() - started) * 1000
 
+    def check_call(self, args: Sequence[Any], pack: Callable[..., Sequence[Any]]) -> None:
+        """Check a command as redis-py's ``pack`` will send it (its argument vector, read back)."""
+        first = args[0] if args else None
+        cacheable = type(first) in (str, bytes) and self.rules is not None
+        if cacheable and first in self._safe_first:
+            return
+        self.check(wire_args(pack(*args)))
+        if cacheable and len(self._safe_first) < 4096:
+            head = wire_args(pack(first))  # what the first argument alone becomes on the wire
+            if len(head) == 1 and self._safe_alone(head[0]):
+                self._safe_first.add(first)  # type: ignore[arg-type]
+
+    def _safe_alone(self, word: bytes) -> bool:
+        rules = self.rules
+        name = word.lower().decode("latin-1")
+        return (rules is not None and name not in rules.refused and name not in rules.containers
+                and name not in SCRIPT_ARG)
+
     def check(self, argv: Sequence[bytes]) -> None:
         """Raise DestructiveCommandError if the server would run something refused."""
         rules = self.rules or fallback_rules()
@@ -247,8 +269,10 @@ class Guard:
         if reason is None and key == "function|load" and any(a.upper() == b"REPLACE" for a in argv[2:-1]):
             reason = "REPLACE overwrites a function library of the same name"
         at = SCRIPT_ARG.get(key)
-        if reason is None and at is not None and len(argv) > max(at, 2):
+        if reason is None and at is not None and len(argv) > max(at, 2) and argv[at] not in self._safe_scripts:
             reason = self._script_reason(rules, argv[at].decode("utf-8", "replace"))
+            if reason is None and self.rules is not None and len(self._safe_scripts) < 1024:
+                self._safe_scripts.add(bytes(argv[at]))
         if reason is not None:
             self._refuse(key.replace("|", " ").upper(), reason)
 

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 import redisopt
-from redisopt.guard import ALLOWED
+from redisopt.guard import ALLOWED, Guard
 from tests.helpers import run_python
 
 LIB = "redisopt_guard_lib"
@@ -266,6 +266,22 @@ def test_the_metadata_is_fetched_once_per_server_and_never_counted(victim, admin
         assert (rt.round_trips, rt.commands, rt.connects) == (4, 8, 1)
         client.close()
     assert command_calls() - before == 1
+
+
+def test_the_rules_read_the_same_over_resp3_and_raw_bytes(victim, user, url_client) -> None:
+    resp3 = redisopt.server.UrlServer(_url(victim) + "?protocol=3")
+    assert set(resp3.guard(False).refused) == set(user.guard(False).refused)
+    raw = victim.client(decode_responses=False)
+    guard = Guard("a raw connection")
+    connection = raw.connection_pool.get_connection()
+    try:
+        guard.load(connection)
+    finally:
+        raw.connection_pool.release(connection)
+        raw.close()
+    assert set(guard.refused) == set(user.guard(False).refused)
+    with pytest.raises(redisopt.DestructiveCommandError, match="^CONFIG SET refused: a raw connection"):
+        guard.check([b"config", b"SET", b"maxmemory", b"1mb"])
 
 
 def test_refusal_names_the_command_and_the_opt_in(url_client) -> None:
