@@ -26,8 +26,16 @@ from redisopt.errors import (
 )
 from redisopt.keyspace import KeySpace
 from redisopt.leaderboard import Leaderboard, top_by_sorting
-from redisopt.memory import encoding_zoo, encodings, memory_usage, thresholds
-from redisopt.records import LAYOUTS, USER_FIELDS, RecordStore, sample_users
+from redisopt.memory import (
+    embstr_boundary,
+    embstr_max_value,
+    encoding_zoo,
+    encodings,
+    memory_usage,
+    predict_string_encodings,
+    thresholds,
+)
+from redisopt.records import LAYOUTS, USER_FIELDS, RecordStore, has_command, resp_bulk_size, sample_users
 from redisopt.server import Server, connect, default_server, start_server
 
 # Hangul is double-width in a terminal font: let pandas pad tables so Korean columns line up.
@@ -52,11 +60,16 @@ __all__ = [
     "connect",
     "count_round_trips",
     "default_server",
+    "embstr_boundary",
+    "embstr_max_value",
     "encoding_zoo",
     "encodings",
+    "has_command",
     "measure",
     "memory_usage",
+    "predict_string_encodings",
     "push_many",
+    "resp_bulk_size",
     "sample_users",
     "scan_keys",
     "speedup",

@@ -1,4 +1,8 @@
-"""Key prefixes in one place: each chapter works under its own prefix and cleans up after itself."""
+"""Key prefixes in one place: each chapter works under its own prefix and cleans up after itself.
+
+Every chapter's keys live under ``redisopt:chNN``: a namespace only this workbook uses, so clearing
+a chapter on a user's own server (REDIS_URL) cannot delete that user's ``ch01:customer:1``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import redis
 
 from redisopt.bulk import unlink_matching
 
+WORKBOOK = "redisopt"  # the one namespace every chapter's keys live under
 _PREFIX = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
 
@@ -26,6 +31,13 @@ class KeySpace:
         if not _PREFIX.match(prefix):
             raise ValueError(f"key prefix {prefix!r} must be letters, digits or _ - . :")
         self.prefix = prefix
+
+    @classmethod
+    def chapter(cls, number: int) -> KeySpace:
+        """The key space of chapter ``number``: ``redisopt:ch01`` for chapter 1."""
+        if not 0 < number < 100:
+            raise ValueError(f"chapter number {number!r} must be 1..99")
+        return cls(f"{WORKBOOK}:ch{number:02d}")
 
     def key(self, *parts: object) -> str:
         return ":".join([self.prefix, *(str(p) for p in parts)])

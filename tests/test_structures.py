@@ -29,16 +29,61 @@ def test_top_is_one_round_trip(r: redis.Redis, ks: redisopt.KeySpace) -> None:
 
 
 def test_encoding_zoo_crosses_each_threshold(r: redis.Redis) -> None:
-    space = redisopt.KeySpace("tz")  # short keys: Valkey 8 counts the key name toward embstr
+    # Fails before the embstr limit was measured: on Valkey 9.1 a 100-byte string is still embstr.
+    space = redisopt.KeySpace("redisopt:tz")
     zoo = redisopt.encoding_zoo(r, space.key("enc"))
     space.clear(r)
     assert list(zoo["인코딩"]) == [
         "int", "embstr", "raw",
         "listpack", "hashtable", "hashtable",
-        "listpack", "quicklist",
+        "listpack", "quicklist", "listpack",
         "intset", "listpack", "hashtable",
         "listpack", "skiplist",
     ]
+
+
+def test_embstr_limit_is_measured_at_the_exact_edge(r: redis.Redis) -> None:
+    key = "redisopt:te"  # short: on Valkey 8.1 a long key leaves no value room for embstr at all
+    for ttl in (None, 60):
+        best = redisopt.embstr_max_value(r, key, ttl=ttl)
+        assert best >= 0 and r.exists(key) == 0
+        r.set(key, "x" * best, ex=ttl)
+        assert r.object("encoding", key) == "embstr"
+        r.set(key, "x" * (best + 1), ex=ttl)
+        assert r.object("encoding", key) == "raw"
+    assert redisopt.embstr_max_value(r, key, ttl=60) <= redisopt.embstr_max_value(r, key)
+    r.ping()
+    with redisopt.count_round_trips(r) as rt:
+        redisopt.embstr_max_value(r, key)
+    assert rt.round_trips == 1
+    with pytest.raises(ValueError, match="ttl"):
+        redisopt.embstr_max_value(r, key, ttl=0)
+    assert redisopt.embstr_max_value(r, "redisopt:te" + "k" * 300) in (-1, 44)  # -1 when the key counts
+
+
+def test_embstr_boundary_rows_and_probe_keys(r: redis.Redis, ks: redisopt.KeySpace) -> None:
+    prefix = ks.key("probe")
+    table = redisopt.embstr_boundary(r, prefix, [len(prefix) + 5, len(prefix) + 20])
+    assert list(table["키 길이"]) == [len(prefix) + 5, len(prefix) + 20]
+    longest = table["embstr 최대 값 길이"]
+    assert longest.iloc[1] <= longest.iloc[0]  # a longer key never leaves the value more room
+    with pytest.raises(ValueError, match="probe key"):
+        redisopt.embstr_boundary(r, prefix, [len(prefix)])
+    assert not list(r.scan_iter(match=ks.pattern()))
+
+
+def test_predicted_string_encodings_match_the_server(r: redis.Redis, ks: redisopt.KeySpace) -> None:
+    values = {
+        ks.key("i"): "12345", ks.key("neg"): "-42", ks.key("zero"): "0", ks.key("lead"): "007",
+        ks.key("plus"): "+5", ks.key("huge"): str(2**64), ks.key("s"): "hello",
+        ks.key("kr"): "강도윤", ks.key("mail", "x" * 30): "user1@example.com",
+        ks.key("long"): "x" * 200, ks.key("e"): "",
+    }
+    values |= {ks.key("k" * n): "v" * (60 - n) for n in range(0, 60, 7)}
+    r.mset(values)
+    probe = "redisopt:tp"  # short: a probe key must be as long as the key it stands for
+    assert redisopt.predict_string_encodings(r, values, probe) == redisopt.encodings(r, values)
+    assert not list(r.scan_iter(match=probe + ":*"))
 
 
 def test_memory_usage_sums_pipelined(r: redis.Redis, ks: redisopt.KeySpace) -> None:
@@ -70,6 +115,31 @@ def test_keyspace_clear_touches_only_its_prefix(r: redis.Redis, ks: redisopt.Key
     r.mset({mine.key(i): i for i in range(1200)} | {neighbour.key(1): 1})
     assert mine.clear(r) == 1200
     assert r.exists(neighbour.key(1)) == 1
+
+
+def test_chapter_prefix_cannot_collide_with_plausible_user_keys(r: redis.Redis) -> None:
+    chapter = redisopt.KeySpace.chapter(1)
+    assert chapter.prefix == "redisopt:ch01" and chapter.key("user", 1) == "redisopt:ch01:user:1"
+    foreign = {"ch01:customer:1": 1, "redisopt:other": 1, "redisopt:ch010:x": 1, "redisopt:ch01": 1}
+    r.mset(foreign)
+    r.set(chapter.key("mine"), 1)
+    try:
+        assert chapter.clear(r) == 1
+        assert r.exists(*foreign) == len(foreign)
+    finally:
+        r.delete(*foreign)
+    with pytest.raises(ValueError, match="chapter"):
+        redisopt.KeySpace.chapter(0)
+
+
+def test_has_command_asks_the_server(r: redis.Redis, ks: redisopt.KeySpace) -> None:
+    assert redisopt.has_command(r, "get") and not redisopt.has_command(r, "nosuchcommand")
+    r.hset(ks.key("h"), "f", 1)
+    if redisopt.has_command(r, "hexpire"):
+        assert r.hpexpire(ks.key("h"), 10_000, "f") == [1]
+    else:
+        with pytest.raises(redis.ResponseError, match="(?i)unknown command"):
+            r.hpexpire(ks.key("h"), 10_000, "f")
 
 
 def test_keyspace_escapes_glob_characters(r: redis.Redis, ks: redisopt.KeySpace) -> None:
