@@ -168,19 +168,28 @@ def _literal(token: tuple[str, str]) -> str | None:
     return None
 
 
+# Globals that run or reach code the text does not show: a script using them is treated like a
+# call with a non-literal command name.
+_DYNAMIC = frozenset({"loadstring", "load", "_G", "rawget", "getfenv", "setfenv"})
+
+
 def script_calls(body: str) -> list[tuple[str | None, str | None]]:
     """The commands a Lua script (EVAL, SCRIPT LOAD, FUNCTION LOAD) calls: ``(name, next literal)``.
 
-    A name is None when the script does not spell it as one string literal, or reaches
-    ``redis``/``server`` other than by ``.call``/``.pcall`` with arguments (an alias, an index).
+    A name is None when the script does not spell it as one string literal, reaches
+    ``redis``/``server`` other than by ``.call``/``.pcall`` with arguments (an alias, an index),
+    or uses a global that runs code built at run time (``loadstring``, ``_G``, …).
     """
     tokens = _lua_tokens(body) + [("end", "")]
     calls: list[tuple[str | None, str | None]] = []
     for i, (kind, text) in enumerate(tokens):
-        if kind != "name" or text not in {"redis", "server"}:
+        if kind != "name" or i and tokens[i - 1][1] in {".", ":"}:
+            continue  # not a name, or a field (t.redis, t.load) rather than the global
+        if text in _DYNAMIC:
+            calls.append((None, None))
             continue
-        if i and tokens[i - 1][1] in {".", ":"}:
-            continue  # a field that happens to be named redis
+        if text not in {"redis", "server"}:
+            continue
         if tokens[i + 1][1] != ".":
             calls.append((None, None))  # `local r = redis`, redis['call'], redis:call
             continue

@@ -357,6 +357,9 @@ BAD_SCRIPTS = {
     "module-alias": "local r = redis\nreturn r.call('FLUSHDB')",
     "indexed": "return redis['call']('FLUSHDB')",
     "second-of-two": "redis.call('SET', KEYS[1], 1)\nreturn redis.call('KEYS', '*')",
+    "loadstring": "return loadstring(\"return redis.call('FLUSHDB')\")()",
+    "global-table": "return _G.redis.call('FLUSHDB')",
+    "rawget": "return rawget(_G, 'redis').call('FLUSHDB')",
 }
 
 
