@@ -22,6 +22,21 @@ _GIVEN = ("민준", "서연", "도윤", "하은", "시우", "지우", "예준", 
 USER_FIELDS = ("name", "age", "city", "email", "plan", "visits")
 
 
+def resp_bulk_size(payload: int) -> int:
+    """Bytes a RESP bulk string of ``payload`` bytes takes on the wire (header, payload, CRLFs)."""
+    return len(f"${payload}\r\n") + payload + 2
+
+
+def has_command(client: redis.Redis, name: str) -> bool:
+    """Does this server know ``name`` (e.g. HEXPIRE: Redis 7.4+, Valkey 9+)? Asked with COMMAND INFO.
+
+    Sent as one word so redis-py returns the raw reply: its COMMAND INFO parser fails on the nil
+    an unknown command gets.
+    """
+    reply = client.execute_command("COMMAND INFO", name)
+    return bool(reply) and reply[0] is not None
+
+
 def sample_users(n: int, seed: int = 7) -> dict[int, dict[str, Any]]:
     """``n`` deterministic user records (same seed, same data), keyed by id 1..n."""
     rng = random.Random(seed)
@@ -106,6 +121,10 @@ class RecordStore:
         else:
             raw = self.get_field(rid, field)
         return len(raw.encode()) if raw is not None else 0
+
+    def field_read_wire_bytes(self, rid: object, field: str) -> int:
+        """The same reply as it crosses the wire: a RESP bulk string, ``$<len>\\r\\n<payload>\\r\\n``."""
+        return resp_bulk_size(self.field_read_bytes(rid, field))
 
     def increment(self, rid: object, field: str, by: int = 1) -> int:
         """Add ``by`` to a numeric field.

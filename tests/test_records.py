@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import redis
 
@@ -96,3 +98,32 @@ def test_bad_input_is_named(r: redis.Redis, ks: redisopt.KeySpace, stores: dict)
         stores["hash"].put_many({1: {"nickname": "x"}})
     with pytest.raises(KeyError, match="no record"):
         stores["json"].increment(12345, "visits")
+
+
+def _raw_reply(server: redisopt.Server, *args: str) -> bytes:
+    """The exact bytes the server sends back for one command, read off a plain socket."""
+    def frame(*words: str) -> bytes:
+        parts = [f"*{len(words)}\r\n".encode()]
+        for word in words:
+            data = word.encode()
+            parts.append(f"${len(data)}\r\n".encode() + data + b"\r\n")
+        return b"".join(parts)
+
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        stream = sock.makefile("rb")
+        if server.password:
+            sock.sendall(frame("AUTH", server.password))
+            assert stream.readline() == b"+OK\r\n"
+        sock.sendall(frame(*args))
+        header = stream.readline()
+        assert header.startswith(b"$"), header
+        return header + stream.read(int(header[1:]) + 2)
+
+
+def test_wire_bytes_are_what_the_server_sends(server: redisopt.Server, stores: dict) -> None:
+    assert [redisopt.resp_bulk_size(n) for n in (0, 2, 111)] == [6, 8, 119]
+    json_reply = _raw_reply(server, "GET", stores["json"].key(1))
+    hash_reply = _raw_reply(server, "HGET", stores["hash"].key(1), "age")
+    assert stores["json"].field_read_wire_bytes(1, "age") == len(json_reply)
+    assert stores["hash"].field_read_wire_bytes(1, "age") == len(hash_reply)
+    assert stores["fields"].field_read_wire_bytes(1, "age") == len(hash_reply)
