@@ -129,3 +129,28 @@ def test_progress_bars_stay_off_for_tests_and_committed_runs(monkeypatch: pytest
     monkeypatch.delenv("REDISOPT_PROGRESS")
     monkeypatch.setattr("sys.stderr.isatty", lambda: True)
     assert progress_enabled() is True
+
+
+def test_speedup_on_minimums_ignores_one_slow_outlier() -> None:
+    # One run of "fast" hit by noise (a loaded machine) drags its median, never its minimum.
+    df = pd.DataFrame({"case": ["slow"] * 3 + ["fast"] * 3, "seconds": [6.0, 6.0, 6.0, 1.0, 9.0, 9.0]})
+    assert redisopt.speedup(df, "slow", "fast", stat="min") == 6.0
+    assert redisopt.speedup(df, "slow", "fast") < 1
+    with pytest.raises(ValueError, match="stat"):
+        redisopt.speedup(df, "slow", "fast", stat="mean")
+
+
+def test_lines_plot_draws_the_chosen_statistic(monkeypatch: pytest.MonkeyPatch) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    monkeypatch.setattr(plt, "show", lambda: None)
+    df = pd.DataFrame({"n": [1, 1, 1, 2, 2, 2], "us": [5.0, 1.0, 9.0, 7.0, 2.0, 8.0], "case": ["a"] * 6})
+    redisopt.plots.lines(df, x="n", y="us", hue="case", title="t", xlabel="x", ylabel="y", stat="min")
+    line = plt.gca().get_lines()[0]
+    assert list(line.get_ydata()) == [1.0, 2.0]
+    plt.close("all")
+    with pytest.raises(ValueError, match="stat"):
+        redisopt.plots.lines(df, x="n", y="us", hue="case", title="t", xlabel="x", ylabel="y", stat="mean")
