@@ -2,7 +2,9 @@
 
 Code between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` is replaced by a stub that raises
 NotImplementedError, indented like the marker; outputs are cleared so nothing gives the answer away.
-Run ``python -m redisopt.learner SRC_DIR DEST_DIR`` (``make learner``).
+Run ``python -m redisopt.learner SRC_DIR DEST_DIR`` (``make learner``, and ``make lab`` before it
+opens the learner editions). A learner's copy is their work: an existing file is kept, never
+overwritten, unless ``--force`` is given (delete one file to get a fresh edition of that chapter).
 """
 
 from __future__ import annotations
@@ -36,16 +38,31 @@ def learner_edition(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return out
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: python -m redisopt.learner SRC_DIR DEST_DIR", file=sys.stderr)
-        return 2
-    src, dest = Path(argv[0]), Path(argv[1])
+def write_editions(src: Path, dest: Path, *, force: bool = False) -> dict[Path, bool]:
+    """Write a learner edition of every chapter in ``src`` to ``dest``; maps each target to written?
+
+    Existing targets are kept (a learner's answers live there) unless ``force``.
+    """
     dest.mkdir(parents=True, exist_ok=True)
+    written = {}
     for path in sorted(src.glob("[0-9]*.ipynb")):
-        nb = nbformat.read(path, as_version=4)
-        nbformat.write(learner_edition(nb), dest / path.name)
-        print(f"{dest / path.name}")
+        target = dest / path.name
+        if target.exists() and not force:
+            written[target] = False
+            continue
+        nbformat.write(learner_edition(nbformat.read(path, as_version=4)), target)
+        written[target] = True
+    return written
+
+
+def main(argv: list[str]) -> int:
+    force = "--force" in argv
+    args = [a for a in argv if a != "--force"]
+    if len(args) != 2:
+        print("usage: python -m redisopt.learner [--force] SRC_DIR DEST_DIR", file=sys.stderr)
+        return 2
+    for target, written in write_editions(Path(args[0]), Path(args[1]), force=force).items():
+        print(f"{target}" if written else f"{target} (kept: your copy; delete it or use --force for a fresh one)")
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import nbformat
 import pytest
 
-from redisopt.learner import STUB, learner_edition, strip_solutions
+from redisopt.learner import STUB, learner_edition, strip_solutions, write_editions
 from tests.helpers import ROOT
 
 
@@ -27,4 +27,17 @@ def test_learner_edition_of_chapter_one_hides_every_answer() -> None:
     assert sum(STUB in s for s in sources) >= 2
     assert all(not c.outputs for c in learner.cells if c.cell_type == "code")
     assert len(learner.cells) == len(nb.cells)
-    assert "hmget" not in "".join(sources)  # exercise 1's answer is gone
+    joined = "".join(sources)
+    assert 'r.object("encoding", key) in' not in joined and ':bio"' not in joined  # the answers are gone
+
+
+def test_learner_copies_are_kept_unless_forced(tmp_path) -> None:
+    src, dest = ROOT / "notebooks", tmp_path / "learner"
+    first = write_editions(src, dest)
+    assert first and all(first.values())
+    mine = next(iter(first))
+    mine.write_text("my answers", encoding="utf-8")
+    assert not any(write_editions(src, dest).values())
+    assert mine.read_text(encoding="utf-8") == "my answers"  # a learner's work survives make lab
+    assert all(write_editions(src, dest, force=True).values())
+    assert "my answers" not in mine.read_text(encoding="utf-8")
