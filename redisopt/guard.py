@@ -180,7 +180,7 @@ def script_calls(body: str) -> list[tuple[str | None, str | None]]:
     ``redis``/``server`` other than by ``.call``/``.pcall`` with arguments (an alias, an index),
     or uses a global that runs code built at run time (``loadstring``, ``_G``, …).
     """
-    tokens = _lua_tokens(body) + [("end", "")]
+    tokens = _lua_tokens(body) + [("end", "")] * 8  # lookahead past the end of a cut-off script
     calls: list[tuple[str | None, str | None]] = []
     for i, (kind, text) in enumerate(tokens):
         if kind != "name" or i and tokens[i - 1][1] in {".", ":"}:
@@ -200,7 +200,7 @@ def script_calls(body: str) -> list[tuple[str | None, str | None]]:
             calls.append((_literal(after), None))
         elif after[1] == "(":
             first, sep = tokens[i + 4], tokens[i + 5]
-            name = _literal(first) if sep[1] in {",", ")"} else None
+            name = _literal(first) if sep[1] in {",", ")", ""} else None  # "": the script ends
             sub = None
             if sep[1] == "," and tokens[i + 7][1] in {",", ")"}:
                 sub = _literal(tokens[i + 6])
@@ -303,7 +303,7 @@ class Guard:
                 return f"the script calls {name.upper()} with a subcommand that is not a literal"
             reason = self._reason(rules, key, name)
             if reason is not None:
-                return f"the script calls {key.replace('|', ' ').upper()}, and {reason}"
+                return f"the script calls {key.replace('|', ' ').upper()} ({reason})"
         return None
 
     def _refuse(self, command: str, reason: str) -> None:

@@ -392,6 +392,12 @@ def test_benign_scripts_run(url_client, body) -> None:
     assert url_client.eval(body, 1, "precious") == "keep me"
 
 
+@pytest.mark.parametrize("body", ["return redis.call('GET',", "return redis.call('GET'", "return 'unclosed"])
+def test_a_cut_off_script_reaches_the_server_and_gets_its_error(url_client, body) -> None:
+    with pytest.raises(redis.exceptions.ResponseError):  # the server's compile error, not ours
+        url_client.eval(body, 0)
+
+
 def test_register_script_loads_on_noscript_and_runs(url_client, admin) -> None:
     body = "return redis.call('GET', KEYS[1]) .. ARGV[1]"
     admin.script_flush()
