@@ -96,14 +96,19 @@ def embstr_max_value(client: redis.Redis, key: str, *, ttl: int | None = None, u
 
 def embstr_boundary(client: redis.Redis, prefix: str, key_lengths: Iterable[int],
                     ttl: int | None = None) -> pd.DataFrame:
-    """``embstr_max_value`` for probe keys of each length (``prefix`` padded), one row per length."""
+    """``embstr_max_value`` for probe keys of each length (``prefix`` padded), one row per length.
+
+    Where no value at all stays embstr (a long key on Valkey 8.1), both lengths are left empty (NA).
+    """
     rows = []
     for length in key_lengths:
         key = _probe_key(prefix, length)
         best = embstr_max_value(client, key, ttl=ttl)
         rows.append({"키 길이": length, "TTL": "있음" if ttl else "없음",
-                     "embstr 최대 값 길이": best, "키 + 값": length + best})
-    return pd.DataFrame(rows)
+                     "embstr 최대 값 길이": best if best >= 0 else None,
+                     "키 + 값": length + best if best >= 0 else None})
+    table = pd.DataFrame(rows)
+    return table.astype({"embstr 최대 값 길이": "Int64", "키 + 값": "Int64"})
 
 
 def _probe_key(prefix: str, length: int) -> str:
