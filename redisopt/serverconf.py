@@ -19,8 +19,79 @@ PRIVATE_CONFIG: dict[str, str] = {
     "enable-debug-command": "local",
 }
 _CONFIG_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
-_FIXED = {"bind", "port", "requirepass", "dir", "daemonize", "protected-mode", "logfile"}
 
+# Settings a chapter may add with start_server(config). An allowlist, not a denylist: each server
+# release adds settings, and a new one must not slip through because nobody listed it as unsafe.
+# Everything here changes how the server uses memory, encodes values, reports slowness or
+# schedules work; nothing here makes it write files, accept another password or user, listen
+# elsewhere, load code, or talk to another server. To add one, say which chapter needs it and why
+# it cannot loosen a private server.
+CHAPTER_SETTINGS: frozenset[str] = frozenset(
+    {
+        # memory and eviction (3장): the eviction lab needs a small maxmemory and each policy
+        "maxmemory", "maxmemory-policy", "maxmemory-samples", "maxmemory-eviction-tenacity",
+        "maxmemory-clients", "lfu-log-factor", "lfu-decay-time", "active-expire-effort",
+        # encodings and their thresholds (1장, 3장); the *-ziplist-* names are Redis's old aliases
+        "hash-max-listpack-entries", "hash-max-listpack-value",
+        "hash-max-ziplist-entries", "hash-max-ziplist-value",
+        "set-max-intset-entries", "set-max-listpack-entries", "set-max-listpack-value",
+        "zset-max-listpack-entries", "zset-max-listpack-value",
+        "zset-max-ziplist-entries", "zset-max-ziplist-value",
+        "list-max-listpack-size", "list-max-ziplist-size", "list-compress-depth",
+        "stream-node-max-bytes", "stream-node-max-entries", "hll-sparse-max-bytes",
+        # background freeing and defragmentation (4장: DEL vs UNLINK)
+        "lazyfree-lazy-eviction", "lazyfree-lazy-expire", "lazyfree-lazy-server-del",
+        "lazyfree-lazy-user-del", "lazyfree-lazy-user-flush",
+        "activedefrag", "active-defrag-ignore-bytes", "active-defrag-threshold-lower",
+        "active-defrag-threshold-upper", "active-defrag-cycle-min", "active-defrag-cycle-max",
+        "jemalloc-bg-thread", "activerehashing",
+        # monitoring (7장): slowlog, Valkey's commandlog, latency monitor and tracking
+        "slowlog-log-slower-than", "slowlog-max-len", "latency-monitor-threshold",
+        "latency-tracking", "latency-tracking-info-percentiles",
+        "commandlog-execution-slower-than", "commandlog-slow-execution-max-len",
+        "commandlog-request-larger-than", "commandlog-large-request-max-len",
+        "commandlog-reply-larger-than", "commandlog-large-reply-max-len",
+        "notify-keyspace-events", "loglevel",
+        # scheduling, clients and limits (5장 Lua busy scripts, 6장 stampedes, 8장 pub/sub)
+        "hz", "dynamic-hz", "timeout", "tcp-keepalive", "databases", "io-threads", "maxclients",
+        "busy-reply-threshold", "lua-time-limit", "client-output-buffer-limit",
+        "client-query-buffer-limit", "tracking-table-max-keys",
+        # a unix socket as well as the TCP port; unixsocketperm is checked below (owner only)
+        "unixsocket", "unixsocketperm",
+    }
+)
+# A Redis Cluster node (8장) is a different server kind: cluster-enabled, cluster-config-file,
+# cluster-node-timeout, … belong to the cluster server's own settings (cluster.py passes them
+# through ``private_settings(config, allowed=CHAPTER_SETTINGS | its own)``), never to
+# start_server(config), where they would turn a plain private server into a half-made node.
+
+# Why the settings people most often reach for are refused; anything else not on the allowlist
+# gets the generic reason.
+_REFUSED_BECAUSE: dict[str, str] = {
+    **dict.fromkeys(
+        ("bind", "port", "protected-mode", "tls-port", "bind-source-addr"),
+        "a private server listens on 127.0.0.1, on the port redisopt picked, and nowhere else",
+    ),
+    **dict.fromkeys(
+        ("requirepass", "user", "aclfile", "masterauth", "masteruser", "primaryauth", "primaryuser",
+         "acl-pubsub-default", "enable-protected-configs"),
+        "a private server has one user, with the random password redisopt generated",
+    ),
+    **dict.fromkeys(
+        ("save", "appendonly", "appendfsync", "appendfilename", "appenddirname", "dbfilename",
+         "dir", "logfile", "pidfile", "daemonize", "supervised", "syslog-enabled"),
+        "a private server writes nothing but its log, only in its own temp directory, and is "
+        "kept by redisopt's watchdog",
+    ),
+    **dict.fromkeys(
+        ("loadmodule", "enable-module-command", "enable-debug-command", "rename-command"),
+        "it changes which commands or code the server runs",
+    ),
+    "include": "it would load settings from a file redisopt has not checked",
+    "replicaof": "a private server never copies or serves another server",
+    "slaveof": "a private server never copies or serves another server",
+}
+_ANY_SOCKET_PERM = 0o077  # group and other bits: a private socket is for its owner only
 
 def render_config(config: Mapping[str, Any]) -> str:
     """Render server settings as a config file, rejecting names and values that could inject."""
@@ -35,14 +106,51 @@ def render_config(config: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def private_settings(config: Mapping[str, Any] | None) -> dict[str, str]:
-    """PRIVATE_CONFIG plus a chapter's extra settings, refusing any that would loosen it."""
-    extra = {name: str(value) for name, value in (config or {}).items()}
-    fixed = _FIXED.intersection(extra)
-    if fixed:
-        raise ConfigError(f"{', '.join(sorted(fixed))} cannot be changed on a private server")
+def _refusal(name: str) -> str | None:
+    if name in _REFUSED_BECAUSE:
+        return _REFUSED_BECAUSE[name]
+    if name.startswith("cluster-"):
+        return "cluster settings belong to the cluster server kind, not start_server()"
+    if name.startswith("tls-"):
+        return "a private server speaks plain TCP on loopback"
+    return None
+
+
+def check_setting(name: str, value: str, allowed: frozenset[str] = CHAPTER_SETTINGS) -> None:
+    """Refuse a setting outside the allowlist, naming it and saying why."""
+    reason = _refusal(name)
+    if reason is None and name not in allowed:
+        reason = (
+            "it is not on the allowlist of settings the chapters need "
+            "(redisopt.serverconf.CHAPTER_SETTINGS: memory, eviction, encodings, slowlog and "
+            "latency, lazyfree, timeouts and limits)"
+        )
+    if reason:
+        raise ConfigError(f"{name} cannot be set on a private server: {reason}")
+    if name == "unixsocketperm":
+        try:
+            perm = int(value, 8)
+        except ValueError:
+            raise ConfigError(f"unixsocketperm {value!r} is not an octal permission like 700") from None
+        if perm & _ANY_SOCKET_PERM:
+            raise ConfigError(
+                f"unixsocketperm {value} cannot be set on a private server: it would let other "
+                "users connect; use 700 (owner only)"
+            )
+    if name == "unixsocket" and not value.startswith("/"):
+        raise ConfigError(f"unixsocket {value!r} must be an absolute path")
+
+
+def private_settings(
+    config: Mapping[str, Any] | None, *, allowed: frozenset[str] = CHAPTER_SETTINGS
+) -> dict[str, str]:
+    """PRIVATE_CONFIG plus a chapter's extra settings, each checked against the allowlist."""
+    extra = {str(name): str(value) for name, value in (config or {}).items()}
+    render_config(extra)  # reject bad names and values (line breaks) before judging them
+    for name, value in extra.items():
+        check_setting(name, value, allowed)
     settings = {**PRIVATE_CONFIG, **extra}
-    render_config(settings)  # reject bad names and values before anything starts
+    render_config(settings)
     return settings
 
 
