@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 
 from redisopt.connection import CONNECTION_CLASSES
@@ -14,25 +15,30 @@ def parse_redis_url(url: str) -> urllib.parse.SplitResult:
     try:
         parsed = urllib.parse.urlsplit(url.strip())
         parsed.port  # noqa: B018  # raises ValueError for a port that is not a number
-    except ValueError as exc:
-        raise ConfigError(f"REDIS_URL {url!r} is malformed ({exc}); expected {form}") from None
+    except ValueError as exc:  # its text may quote part of the URL (a password typed as a port)
+        why = "its port is not a number from 0 to 65535" if "port" in str(exc).lower() else "it does not parse"
+        raise ConfigError(f"REDIS_URL {redact(url)!r} is malformed: {why}; expected {form}") from None
     if parsed.scheme not in CONNECTION_CLASSES:
-        raise ConfigError(f"REDIS_URL {url!r} is not a Redis URL; expected {form}")
+        raise ConfigError(f"REDIS_URL {redact(url)!r} is not a Redis URL; expected {form}")
     if parsed.scheme != "unix" and not parsed.hostname:
-        raise ConfigError(f"REDIS_URL {url!r} names no host; expected {form}")
+        raise ConfigError(f"REDIS_URL {redact(url)!r} names no host; expected {form}")
     if parsed.scheme == "unix" and not parsed.path:
-        raise ConfigError(f"REDIS_URL {url!r} names no socket path; expected {form}")
+        raise ConfigError(f"REDIS_URL {redact(url)!r} names no socket path; expected {form}")
     db = parsed.path.strip("/")
     if parsed.scheme != "unix" and db and not db.isdigit():
-        raise ConfigError(f"REDIS_URL {url!r}: database {db!r} is not a number; expected {form}")
+        raise ConfigError(f"REDIS_URL {redact(url)!r}: database {db!r} is not a number; expected {form}")
     return parsed
 
 
+# user:password@ — up to the last "@", so a password with an unescaped "@" or "/" is hidden whole.
+_USERINFO_PASSWORD = re.compile(r"(?P<head>//[^:@/?#]*:)[^\s]*@")
+# host:port where the "port" is not a number: often a password typed without its "@host".
+_NOT_A_PORT = re.compile(r"(?P<head>//(?:\[[^\]@]*\]|[^:@/?#\[]*):)(?=[^@/?#]*[^\d@/?#])[^@/?#]*(?=[/?#]|$)")
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:password|pass|auth)=)[^&#\s]*", re.IGNORECASE)
+
 
 def redact(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-    return url
-
+    """The URL with any password hidden (``:***@``, ``?password=***``), even when it is malformed."""
+    url = _USERINFO_PASSWORD.sub(r"\g<head>***@", url)
+    url = _NOT_A_PORT.sub(r"\g<head>***", url)
+    return _QUERY_PASSWORD.sub(r"\g<head>***", url)
