@@ -21,6 +21,7 @@ from redisopt.errors import (
     ConfigError,
     DestructiveCommandError,
     NoServerError,
+    PoolTimeoutError,
     RedisoptError,
     ServerStartError,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "LatencyProbe",
     "Leaderboard",
     "NoServerError",
+    "PoolTimeoutError",
     "RecordStore",
     "RedisoptError",
     "RoundTrips",

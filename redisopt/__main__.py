@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from redisopt.backends import BACKENDS, forced_backend, survey
 from redisopt.errors import RedisoptError
+from redisopt.servers import PRIVATE_URL_ENV
+from redisopt.urls import redact
 
 
 def doctor() -> int:
     """Probe every backend in order, start the chosen one, and print what it is."""
     forced = forced_backend()
     print(f"backend order: {' → '.join(BACKENDS)}" + (f" (forced: {forced})" if forced else ""))
+    handed = os.environ.get(PRIVATE_URL_ENV, "").strip()
+    if handed:
+        print(f"{PRIVATE_URL_ENV} is set ({redact(handed)}): connect() here shares the private "
+              "server of the process that set it; below is what this process would start itself")
     choices = survey(stop_at_first=False)
     chosen = next((c for c in choices if c.usable), None)
     for choice in choices:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import redis.exceptions
+
 
 class RedisoptError(Exception):
     """Base class of every error redisopt raises deliberately."""
@@ -13,6 +15,10 @@ class ConfigError(RedisoptError, ValueError):
 
 class NoServerError(RedisoptError):
     """No backend could provide a server; the message lists the ways to get one."""
+
+
+class PoolTimeoutError(RedisoptError, redis.exceptions.ConnectionError):
+    """Every connection of a client's pool stayed busy past its pool_timeout (an overloaded client)."""
 
 
 class ServerStartError(RedisoptError):

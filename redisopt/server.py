@@ -5,10 +5,16 @@ server through ``REDIS_URL``, starts a *private* one: loopback only, a random pa
 AOF, its files in a temp dir. A watchdog process stops it and removes that dir when this Python
 process ends, even by SIGKILL. ``start_server(config=…)`` starts another private server with extra
 settings for chapters that need their own (maxmemory, eviction policy, slowlog threshold, …).
+
+Child processes share the default private server: the process that starts it puts its address in
+REDISOPT_PRIVATE_URL, so ``connect()`` in a multiprocessing worker (spawn, forkserver or fork) or in
+a subprocess reaches the same server instead of starting another. That works while the owner
+lives: the server stops with it, and a child's connect() then says so.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -19,19 +25,41 @@ from redisopt.backends import BACKENDS, PRIVATE_BACKENDS, Choice, forced_backend
 from redisopt.connection import OPT_IN_HINT
 from redisopt.containers import ContainerServer
 from redisopt.serverconf import container_command, private_settings, render_config
-from redisopt.servers import ProcessServer, Server, UrlServer
+from redisopt.servers import PRIVATE_URL_ENV, InheritedServer, ProcessServer, Server, UrlServer
 from redisopt.urls import parse_redis_url
 
 _default: Server | None = None
+_default_pid = 0  # the process _default belongs to: a forked child must not use its parent's object
 _default_lock = threading.Lock()
 
 
+def _inherited() -> InheritedServer | None:
+    """The parent's private server, when the parent handed one down and nothing here overrides it.
+
+    It stands in for the private backends only: a REDIS_URL given to this process (the parent did
+    not use one, or it would not have started a private server) or a forced other backend wins.
+    """
+    url = os.environ.get(PRIVATE_URL_ENV, "").strip()
+    if not url:
+        return None
+    forced = forced_backend()
+    if forced == "url" or (forced is None and os.environ.get("REDIS_URL", "").strip()):
+        return None
+    server = InheritedServer(url)
+    return server if forced in (None, server.backend) else None
+
+
 def default_server() -> Server:
-    """The process-wide server behind connect(), provisioned on first use."""
-    global _default
+    """The process-wide server behind connect(), provisioned on first use (see module doc)."""
+    global _default, _default_pid
     with _default_lock:
+        if _default is not None and _default_pid != os.getpid():
+            _default = None  # forked: reach the parent's server the way any child does
         if _default is None or (isinstance(_default, ProcessServer) and not _default.running):
-            _default = start_first(BACKENDS, None)
+            _default = _inherited() or start_first(BACKENDS, None)
+            _default_pid = os.getpid()
+            if _default.private and not isinstance(_default, InheritedServer):
+                os.environ[PRIVATE_URL_ENV] = _default.handdown_url()
         return _default
 
 
@@ -55,7 +83,8 @@ def start_server(config: Mapping[str, Any] | None = None) -> Server:
 
 
 __all__ = [
-    "BACKENDS", "Choice", "Server", "UrlServer", "ProcessServer", "ContainerServer",
+    "BACKENDS", "Choice", "Server", "UrlServer", "ProcessServer", "ContainerServer", "InheritedServer",
+    "PRIVATE_URL_ENV",
     "connect", "default_server", "start_server", "survey", "forced_backend", "parse_redis_url",
     "render_config", "private_settings", "container_command", "PRIVATE_BACKENDS", "OPT_IN_HINT",
 ]

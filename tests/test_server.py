@@ -208,7 +208,8 @@ def test_private_server_is_gone_after_its_owner_is_sigkilled() -> None:
     import subprocess
 
     code = "import redisopt, time; s = redisopt.default_server(); print(s.pid, s.workdir, flush=True); time.sleep(60)"
-    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    env = {k: v for k, v in os.environ.items() if k != "REDISOPT_PRIVATE_URL"}  # its own server
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
     pid, workdir = owner.stdout.readline().split()  # type: ignore[union-attr]
     assert os.path.exists(workdir)
     owner.send_signal(signal.SIGKILL)
