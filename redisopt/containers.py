@@ -74,6 +74,9 @@ except docker.errors.NotFound:
 """
 
 _RYUK_LOCK = threading.Lock()
+# The watchdog needs POSIX pipes and signals. On Windows the owner removes the container when it
+# stops or exits, and only Ryuk (if the user leaves it on and it can be pulled) reaps after a crash.
+KEEPER = os.name == "posix"
 
 
 class ContainerUnavailableError(NoServerError):
@@ -179,9 +182,13 @@ class ContainerServer(Server):
         self.image = image_name()
         self.container_name = f"redisopt-{secrets.token_hex(6)}"
         env = engine_env()
-        # The keeper comes first: a container never exists without someone to remove it.
-        self._keeper, self.keeper_dir = _start_keeper(self.container_name, env)
-        self._finalizer = weakref.finalize(self, _stop_keeper, self._keeper, self.keeper_dir, os.getpid())
+        self._keeper: subprocess.Popen[bytes] | None = None
+        self.keeper_dir = ""
+        if KEEPER:  # it comes first: a container never exists without someone to remove it
+            self._keeper, self.keeper_dir = _start_keeper(self.container_name, env)
+            self._finalizer = weakref.finalize(self, _stop_keeper, self._keeper, self.keeper_dir, os.getpid())
+        else:
+            self._finalizer = weakref.finalize(self, _remove, self.container_name, env, os.getpid())
         try:
             self._run(command, env)
             self.started_in = time.perf_counter() - started
@@ -209,9 +216,9 @@ class ContainerServer(Server):
                 container.ports["6379"] = ("127.0.0.1", None)  # type: ignore[assignment]  # (ip, port)
                 # Its wait pings get_container_host_ip() for up to 120 s; we wait ourselves, below.
                 container.waiting_for(None)  # type: ignore[arg-type]
-                with _RYUK_LOCK:  # never Ryuk: its image may not be pullable; the watchdog reaps
+                with _RYUK_LOCK:  # never Ryuk (its image may not be pullable) where the watchdog reaps
                     ryuk_was = testcontainers_config.ryuk_disabled
-                    testcontainers_config.ryuk_disabled = True
+                    testcontainers_config.ryuk_disabled = ryuk_was or KEEPER
                     try:
                         container.start()
                     finally:
@@ -280,7 +287,21 @@ class ContainerServer(Server):
 
     @property
     def running(self) -> bool:
-        return self._keeper.poll() is None
+        return self._keeper is None or self._keeper.poll() is None
+
+
+def _remove(name: str, env: dict[str, str], owner: int) -> None:
+    """Remove container ``name`` directly (where no watchdog keeps it)."""
+    if os.getpid() != owner:
+        return
+    import docker
+
+    try:
+        engine = docker.from_env(environment=env, timeout=ENGINE_TIMEOUT)
+        engine.api.remove_container(name, force=True, v=True)
+        engine.close()
+    except Exception:  # gone already, or the engine is: nothing more we can do
+        pass
 
 
 def _log_tail(container: Any) -> str:
