@@ -55,6 +55,8 @@ DOCKER_SOCKETS = (
 OWNER_LABEL = "redisopt.owner"  # the owning process's pid, on every container we start
 ENGINE_TIMEOUT = 15  # seconds an engine API call may stay silent (a pull's progress stream included)
 PULL_TIMEOUT = 180.0  # seconds a whole pull may take
+READY_LINE = "Ready to accept connections"  # Redis and Valkey log it once they listen
+REACH_GRACE = 3.0  # seconds a ready server may stay unreachable from here before we give up
 
 # The reaper the watchdog keeps as its "server": it removes the container when the watchdog ends it
 # (SIGTERM on the owner's EOF), or when the watchdog itself dies (Linux: parent-death signal).
@@ -250,12 +252,17 @@ class ContainerServer(Server):
         return int(bindings[0]["HostPort"])
 
     def _wait_ready(self, container: Any) -> None:
-        """Ping 127.0.0.1:port until it answers, the container exits, or START_TIMEOUT passes."""
+        """Ping 127.0.0.1:port until it answers, the container exits, or START_TIMEOUT passes.
+
+        A server that has logged it is ready but does not answer here within REACH_GRACE is not
+        going to: we say so then, not at START_TIMEOUT.
+        """
         probe = redis.Redis(host=self.host, port=self.port, password=self.password,
                             socket_connect_timeout=1, socket_timeout=2,
                             retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0))
         deadline = time.monotonic() + START_TIMEOUT
         checked = 0.0
+        ready = False  # the server logged that it listens
         try:
             while time.monotonic() < deadline:
                 try:
@@ -269,14 +276,18 @@ class ContainerServer(Server):
                     if container.status != "running":
                         raise ServerStartError(f"container {self.container_name} ({self.image}) exited at "
                                                f"start: {_log_tail(container)}")
+                    if not ready and READY_LINE in _log_tail(container, 50):
+                        ready = True
+                        deadline = min(deadline, time.monotonic() + REACH_GRACE)
                 time.sleep(0.01)
         finally:
             probe.close()
         engine = os.environ.get("DOCKER_HOST") or engine_url() or "the default socket"
         raise ServerStartError(
             f"container {self.container_name} ({self.image}) publishes its port on 127.0.0.1:{self.port} "
-            f"of the Docker engine's machine, but nothing answers there from this process within "
-            f"{START_TIMEOUT:.0f} s. The engine ({engine}) probably runs on another machine, VM or network "
+            "of the Docker engine's machine, but nothing answers there from this process "
+            + (f"{REACH_GRACE:.0f} s after the server said it was ready" if ready else f"within {START_TIMEOUT:.0f} s")
+            + f". The engine ({engine}) probably runs on another machine, VM or network "
             "namespace (a remote engine, or Docker outside of Docker in a dev container), whose loopback "
             "is not ours. Use another backend, e.g. REDISOPT_BACKEND=bundled."
         )
@@ -304,9 +315,9 @@ def _remove(name: str, env: dict[str, str], owner: int) -> None:
         pass
 
 
-def _log_tail(container: Any) -> str:
+def _log_tail(container: Any, lines: int = 5) -> str:
     try:
-        text = container.logs(tail=5).decode("utf-8", "replace")
+        text = container.logs(tail=lines).decode("utf-8", "replace")
     except Exception:  # the container may be gone already
         return "(no log)"
     return " | ".join(line.strip() for line in text.splitlines() if line.strip()) or "(empty log)"
