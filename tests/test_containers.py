@@ -243,6 +243,18 @@ def test_nothing_left_after_sigkill_of_the_owner(before: set[str]) -> None:
     _check_gone(before, int(watchdog), keeper_dir)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the reaper learns of its watchdog's death on Linux")
+def test_nothing_left_after_sigkill_of_the_watchdog(before: set[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in FORCED.items():
+        monkeypatch.setenv(name, value)
+    server = redisopt.start_server()
+    assert _new_since(before) != []
+    os.kill(server._keeper.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+    assert _new_since(before, timeout=15) == [], "the reaper did not remove the container"
+    server.stop()  # still returns, and removes the watchdog's directory
+    assert not os.path.exists(server.keeper_dir)  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("ending", ["shutdown", "sigkill"])
 def test_nothing_left_after_the_kernel_ends(ending: str, monkeypatch: pytest.MonkeyPatch, before: set[str]) -> None:
     for name, value in KEPT.items():
