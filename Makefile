@@ -1,6 +1,6 @@
-# Two commands on a fresh machine (Python >= 3.11, make, git):
-#   make lab   — JupyterLab on notebooks/, a Redis provisioned automatically
-#   make test  — unit tests against a real server, then strict nbval over the notebooks
+# Two commands on a fresh machine (Python 3.11-3.14, make, git):
+#   make lab   — JupyterLab on the learner editions, a Redis provisioned automatically
+#   make test  — unit tests against a real server, container tests, strict nbval per server generation
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -59,5 +59,6 @@ notebooks: $(STAMP)
 learner: $(STAMP)
 	$(BIN)/python -m redisopt.learner notebooks notebooks/learner
 
+# Removes the venv only: notebooks/learner holds a learner's own work.
 clean:
-	rm -rf $(VENV) notebooks/learner
+	rm -rf $(VENV)
