@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,7 +38,8 @@ def _inherited() -> InheritedServer | None:
     """The parent's private server, when the parent handed one down and nothing here overrides it.
 
     It stands in for the private backends only: a REDIS_URL given to this process (the parent did
-    not use one, or it would not have started a private server) or a forced other backend wins.
+    not use one, or it would not have started a private server), a forced other backend or another
+    bundled generation (REDISOPT_BUNDLED) wins.
     """
     url = os.environ.get(PRIVATE_URL_ENV, "").strip()
     if not url:
@@ -45,8 +47,12 @@ def _inherited() -> InheritedServer | None:
     forced = forced_backend()
     if forced == "url" or (forced is None and os.environ.get("REDIS_URL", "").strip()):
         return None
-    server = InheritedServer(url)
-    return server if forced in (None, server.backend) else None
+    handed = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+    if forced not in (None, handed.get("backend")):
+        return None
+    if handed.get("bundled", "") != os.environ.get("REDISOPT_BUNDLED", "").strip().lower():
+        return None
+    return InheritedServer(url)
 
 
 def default_server() -> Server:

@@ -171,9 +171,10 @@ class Server:
 
     def handdown_url(self) -> str:
         """This private server's address for child processes (PRIVATE_URL_ENV); holds the password."""
-        query = urllib.parse.urlencode(
-            {"backend": self.backend, "pid": self.process_id, "owner": os.getpid()}
-        )
+        query = urllib.parse.urlencode({
+            "backend": self.backend, "pid": self.process_id, "owner": os.getpid(),
+            "bundled": os.environ.get("REDISOPT_BUNDLED", "").strip().lower(),
+        })
         password = urllib.parse.quote(self.password or "", safe="")
         return f"redis://:{password}@{self.host}:{self.port}/{self.db}?{query}"
 
@@ -367,7 +368,8 @@ class ProcessServer(Server):
         conf.write_text(render_config(settings), encoding="utf-8")
         conf.chmod(0o600)
         proc = subprocess.Popen(
-            [sys.executable, "-I", str(WATCHDOG), self.workdir, "--", self.executable, str(conf)],
+            # -I -S: stdlib only, no site-packages to scan: the watchdog starts ~15 ms sooner
+            [sys.executable, "-I", "-S", str(WATCHDOG), self.workdir, "--", self.executable, str(conf)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

