@@ -23,7 +23,8 @@ import redis.backoff
 import redis.retry
 
 from redisopt.connection import CONNECTION_CLASSES, Guard, Tap
-from redisopt.errors import ConfigError, NoServerError, PoolTimeoutError, ServerStartError
+from redisopt.errors import ConfigError, NoServerError, ServerStartError
+from redisopt.pool import MAX_CONNECTIONS, POOL_TIMEOUT, ServerPool
 from redisopt.serverconf import private_settings, render_config
 from redisopt.urls import parse_redis_url, redact
 
@@ -32,9 +33,6 @@ START_TIMEOUT = 10.0
 # A first answer comes within milliseconds from a working server; a listener that accepts and never
 # answers (not Redis, or TLS on one side only) is reported after this long, not after 60 s.
 IDENTIFY_TIMEOUT = 5.0
-# A client's pool: up to this many connections; a caller beyond them waits this long for one.
-MAX_CONNECTIONS = 100
-POOL_TIMEOUT = 30.0
 # Set by a process that starts the default private server, read by connect() in its children
 # (multiprocessing spawn/forkserver workers, subprocesses of a notebook): the same server, still
 # private. Holds the password, like server.conf; a process's environment is readable only by its
@@ -50,32 +48,6 @@ def truthy(value: str | None) -> bool:
 
 def version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
-
-
-class ServerPool(redis.BlockingConnectionPool):
-    """A client's pool: it keeps its server alive, and callers wait for a free connection.
-
-    ``start_server(...).client()`` leaves no other reference to the server, which would otherwise
-    be stopped at once. Under load (a stampede, a worker pool) a caller beyond ``max_connections``
-    waits up to ``timeout`` seconds and then gets PoolTimeoutError, instead of an immediate
-    MaxConnectionsError that drops the request.
-    """
-
-    def __init__(self, server: Server, **kwargs: Any) -> None:
-        self.server = server
-        super().__init__(**kwargs)
-
-    def get_connection(self, *args: Any, **kwargs: Any) -> redis.connection.AbstractConnection:
-        try:
-            return super().get_connection(*args, **kwargs)
-        except redis.exceptions.ConnectionError as exc:
-            if str(exc) != "No connection available.":
-                raise
-            raise PoolTimeoutError(
-                f"no connection to {self.server.where()} came free within {self.timeout:g} s: all "
-                f"{self.max_connections} connection(s) of this client stayed busy. Hold them for "
-                "less time, or give the client more: client(max_connections=…, pool_timeout=…)"
-            ) from None
 
 
 def unreachable_reason(exc: Exception, scheme: str = "redis") -> str:
