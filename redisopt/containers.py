@@ -5,7 +5,8 @@ Measured on a real engine (issue 5), three things cannot be left to testcontaine
   but testcontainers reports the docker0 gateway as the host whenever ``/.dockerenv`` exists (a
   dev container, a CI runner), or whatever TESTCONTAINERS_HOST_OVERRIDE says, and its wait
   strategy then pings that address for minutes. We read the port binding from the engine, connect
-  to 127.0.0.1 whatever the connection mode, and wait at most START_TIMEOUT.
+  to 127.0.0.1 whatever the connection mode, and wait at most START_TIMEOUT (REACH_GRACE once the
+  server says it is ready: where the port cannot be reached from here, we say so in seconds).
 - *Cleanup.* Ryuk, its reaper, is off in many CI and offline setups (its image cannot be pulled),
   so we never start it. The watchdog that keeps process servers (``watchdog.py``) keeps a tiny
   reaper process instead, started before the container exists; when the owner stops the server,
@@ -95,6 +96,8 @@ def engine_url() -> str | None:
     """DOCKER_HOST, else the first Docker socket that exists, else None (surely no engine)."""
     if os.environ.get("DOCKER_HOST"):
         return os.environ["DOCKER_HOST"]
+    if os.name == "nt":  # Docker Desktop on Windows
+        return "npipe:////./pipe/docker_engine" if os.path.exists(r"\\.\pipe\docker_engine") else None
     for pattern in DOCKER_SOCKETS:
         path = Path(os.path.expanduser(pattern.format(uid=os.getuid() if hasattr(os, "getuid") else 0)))
         if path.exists():
