@@ -34,6 +34,15 @@ _default_pid = 0  # the process _default belongs to: a forked child must not use
 _default_lock = threading.Lock()
 
 
+def _fresh_lock_in_child() -> None:
+    global _default_lock
+    _default_lock = threading.Lock()  # a thread of the parent may have held it at fork time
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_lock_in_child)
+
+
 def _inherited() -> InheritedServer | None:
     """The parent's private server, when the parent handed one down and nothing here overrides it.
 
