@@ -25,7 +25,8 @@ from redisopt.containers import (
     image_name,
 )
 from redisopt.errors import ConfigError, NoServerError
-from redisopt.servers import MIN_VERSION, ProcessServer, Server, UrlServer, version_tuple
+from redisopt.processes import ProcessServer
+from redisopt.servers import MIN_VERSION, Server, UrlServer, version_tuple
 from redisopt.urls import parse_redis_url, redact
 
 BACKENDS = ("url", "container", "local", "bundled")

@@ -25,8 +25,9 @@ import redis
 from redisopt.backends import BACKENDS, PRIVATE_BACKENDS, Choice, forced_backend, start_first, survey
 from redisopt.connection import OPT_IN_HINT
 from redisopt.containers import ContainerServer
+from redisopt.processes import ProcessServer
 from redisopt.serverconf import container_command, private_settings, render_config
-from redisopt.servers import PRIVATE_URL_ENV, InheritedServer, ProcessServer, Server, UrlServer
+from redisopt.servers import PRIVATE_URL_ENV, InheritedServer, Server, UrlServer
 from redisopt.urls import parse_redis_url
 
 _default: Server | None = None

@@ -206,14 +206,14 @@ def test_the_settings_chapters_need_are_applied(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def foreign(server: redisopt.Server) -> Iterator[tuple[int, redis.Redis]]:
+def foreign(server: redisopt.Server, tmp_path: Path) -> Iterator[tuple[int, redis.Redis]]:
     """A passwordless server of someone else's, on a port of its own, holding a key."""
     executable = getattr(server, "executable", None)
     if not executable:
         pytest.skip("needs a server binary (local or bundled backend)")
-    port = redisopt.servers._free_port()
+    port = redisopt.processes._free_port()
     proc = subprocess.Popen([executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--appendonly", "no"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = redis.Redis(port=port, decode_responses=True)
     deadline = time.monotonic() + 10
     while True:
@@ -232,8 +232,8 @@ def foreign(server: redisopt.Server) -> Iterator[tuple[int, redis.Redis]]:
 def test_a_port_taken_by_a_foreign_server_is_not_adopted(foreign, monkeypatch) -> None:
     port, theirs = foreign
     ports = iter([port])
-    free = redisopt.servers._free_port
-    monkeypatch.setattr(redisopt.servers, "_free_port", lambda: next(ports, None) or free())
+    free = redisopt.processes._free_port
+    monkeypatch.setattr(redisopt.processes, "_free_port", lambda: next(ports, None) or free())
     srv = redisopt.start_server()  # the first port it picks is the foreign server's
     try:
         assert srv.port != port
@@ -246,7 +246,7 @@ def test_a_port_taken_by_a_foreign_server_is_not_adopted(foreign, monkeypatch) -
 
 def test_a_port_that_stays_taken_fails_clearly(foreign, monkeypatch) -> None:
     port, theirs = foreign
-    monkeypatch.setattr(redisopt.servers, "_free_port", lambda: port)
+    monkeypatch.setattr(redisopt.processes, "_free_port", lambda: port)
     with pytest.raises(redisopt.ServerStartError, match="another process took the port"):
         redisopt.start_server()
     assert theirs.get("theirs") == "keep me"
@@ -281,9 +281,9 @@ def test_an_owner_kills_a_server_left_by_its_watchdog_only_if_it_is_that_process
     """The fallback where no parent-death signal exists (macOS): the owner's finalizer kills it."""
     port, theirs = foreign
     foreign_pid = int(theirs.info("server")["process_id"])
-    redisopt.servers._kill_if_ours(host="127.0.0.1", port=port, password="x", pid=foreign_pid + 1)
+    redisopt.processes._kill_if_ours(host="127.0.0.1", port=port, password="x", pid=foreign_pid + 1)
     assert theirs.ping()  # not the pid the owner knows: left alone
-    redisopt.servers._kill_if_ours(host="127.0.0.1", port=port, password="x", pid=foreign_pid)
+    redisopt.processes._kill_if_ours(host="127.0.0.1", port=port, password="x", pid=foreign_pid)
     with pytest.raises(redis.exceptions.ConnectionError):  # killed (a zombie until the fixture reaps it)
         theirs.ping()
 
