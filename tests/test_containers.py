@@ -25,7 +25,7 @@ from nbclient import NotebookClient
 
 import redisopt
 from redisopt.containers import engine_url
-from tests.helpers import ROOT, run_python
+from tests.helpers import ROOT, gone, run_python
 
 IMAGE = os.environ.get("REDISOPT_IMAGE", "").strip()
 CLOSED_REGISTRY = "127.0.0.1:1"  # nothing listens: a pull fails at once and never leaves the machine
@@ -82,17 +82,6 @@ def _new_since(before: set[str], timeout: float = 0.0) -> list[str]:
     while (left := sorted(_containers() - before)) and time.monotonic() < deadline:
         time.sleep(0.1)
     return left
-
-
-def _pid_gone(pid: int, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -214,7 +203,7 @@ KEPT = {**FORCED, "TESTCONTAINERS_CONNECTION_MODE": "docker_host"}
 
 def _check_gone(before: set[str], watchdog: int, keeper_dir: str) -> None:
     assert _new_since(before, timeout=15) == [], "container still there"
-    assert watchdog and _pid_gone(watchdog), "watchdog still running"
+    assert watchdog and gone(watchdog, 15.0), "watchdog still running"
     assert not os.path.exists(keeper_dir), "watchdog directory left"
 
 

