@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 import urllib.parse
 
@@ -27,7 +29,24 @@ def parse_redis_url(url: str) -> urllib.parse.SplitResult:
     db = parsed.path.strip("/")
     if parsed.scheme != "unix" and db and not db.isdigit():
         raise ConfigError(f"REDIS_URL {redact(url)!r}: database {db!r} is not a number; expected {form}")
+    unknown = sorted({name for name, _ in urllib.parse.parse_qsl(parsed.query)} - _query_names(parsed.scheme))
+    if unknown:  # redis-py would pass them on as keyword arguments and fail with a TypeError
+        raise ConfigError(
+            f"REDIS_URL {redact(url)!r}: unknown option(s) {', '.join(unknown)}; a URL may carry "
+            "redis-py's connection options, e.g. ?password=…&socket_timeout=5&ssl_cert_reqs=none"
+        )
     return parsed
+
+
+@functools.cache
+def _query_names(scheme: str) -> frozenset[str]:
+    """The ?name=value options a URL of this scheme may carry: what its connection class accepts."""
+    names: set[str] = set()
+    for cls in CONNECTION_CLASSES[scheme].__mro__:
+        if "__init__" in vars(cls):
+            names.update(p.name for p in inspect.signature(cls.__init__).parameters.values()
+                         if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD)
+    return frozenset(names - {"self", "tap", "host", "port", "path", "connection_class"})
 
 
 # user:password@ — up to the last "@", so a password with an unescaped "@" or "/" is hidden whole.

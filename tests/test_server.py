@@ -102,9 +102,16 @@ def test_unknown_backend_name_is_a_config_error() -> None:
     assert "REDISOPT_BACKEND='dockr' is not one of url, container, local, bundled" in out.stdout
 
 
-@pytest.mark.parametrize("url", ["http://localhost:6379", "redis://localhost:port", "redis://", "redis://h/abc"])
+@pytest.mark.parametrize(
+    "url", ["http://localhost:6379", "redis://localhost:port", "redis://", "redis://h/abc", "redis://h/0?x=1&db=1"]
+)
 def test_malformed_redis_url_names_the_problem(url: str) -> None:
     with pytest.raises(redisopt.ConfigError, match="REDIS_URL"):
+        parse_redis_url(url)
+
+
+def test_known_url_options_pass_the_check() -> None:
+    for url in ("redis://h/0?socket_timeout=2&password=p", "rediss://h?ssl_cert_reqs=none", "unix:///s.sock?db=1"):
         parse_redis_url(url)
 
 
