@@ -27,6 +27,7 @@ from redisopt.errors import (
 )
 from redisopt.keyspace import KeySpace
 from redisopt.leaderboard import Leaderboard, top_by_sorting
+from redisopt.membership import membership_cases
 from redisopt.memory import (
     embstr_boundary,
     embstr_max_value,
@@ -68,6 +69,7 @@ __all__ = [
     "encodings",
     "has_command",
     "measure",
+    "membership_cases",
     "memory_usage",
     "predict_string_encodings",
     "push_many",

@@ -172,3 +172,15 @@ def test_top_sends_zrange_rev_not_the_deprecated_zrevrange(r: redis.Redis, ks: r
     before = calls("zrange"), calls("zrevrange")
     assert board.top(2) == [("b", 2.0), ("a", 1.0)]
     assert (calls("zrange") - before[0], calls("zrevrange") - before[1]) == (1, 0)
+
+
+def test_membership_cases_find_the_last_member_in_both_structures(r: redis.Redis, ks: redisopt.KeySpace) -> None:
+    r.rpush(ks.key("m:list:300"), "stale")  # a left-over from an interrupted run is replaced, not appended to
+    cases = redisopt.membership_cases(r, ks.key("m"), 300)
+    assert set(cases) == {"SISMEMBER (Set)", "LPOS (List)"}
+    assert cases["SISMEMBER (Set)"]() == 1
+    assert cases["LPOS (List)"]() == 299  # the last member: LPOS scans all N
+    assert r.llen(ks.key("m:list:300")) == r.scard(ks.key("m:set:300")) == 300
+    with redisopt.count_round_trips(r) as rt:
+        cases["LPOS (List)"]()
+    assert rt.round_trips == 1
