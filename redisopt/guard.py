@@ -220,7 +220,7 @@ class Guard:
         self.label = label
         self.rules: Rules | None = None
         self.fetch_ms = 0.0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # load() holds it while accept() takes it again
         # First arguments (str/bytes, as passed) that alone make a command safe, whatever follows:
         # one plain word, not refused, not a container, not a script. Skips repacking GET, SET, …
         self._safe_first: set[str | bytes] = set()
@@ -236,15 +236,28 @@ class Guard:
 
     def load(self, connection: redis.connection.AbstractConnection) -> None:
         """Fetch the rules on ``connection`` (one COMMAND round trip), unless already done."""
-        with self._lock:
+        with self._lock:  # threads opening connections at once fetch the table once
             if self.rules is not None:
                 return
             started = time.perf_counter()
             try:
                 connection.send_command("COMMAND")
-                self.rules = rules_from_command_table(connection.read_response())
-            except redis.exceptions.ResponseError:  # NOPERM: an ACL user without COMMAND
+                self.accept(connection.read_response(), started)
+            except redis.exceptions.ResponseError as exc:  # NOPERM: an ACL user without COMMAND
+                self.accept(exc, started)
+
+    def accept(self, reply: Iterable[Any] | redis.exceptions.ResponseError, started: float) -> None:
+        """Take the rules from a COMMAND reply (fetched by a sync or an asyncio connection).
+
+        A ResponseError (an ACL user not allowed COMMAND) gets the built-in fallback list.
+        """
+        with self._lock:
+            if self.rules is not None:
+                return
+            if isinstance(reply, redis.exceptions.ResponseError):
                 self.rules = fallback_rules()
+            else:
+                self.rules = rules_from_command_table(reply)
             self.fetch_ms = (time.perf_counter() - started) * 1000
 
     def check_call(self, args: Sequence[Any], pack: Callable[..., Sequence[Any]]) -> None:

@@ -33,10 +33,15 @@ class ServerPool(redis.BlockingConnectionPool):
         try:
             return super().get_connection(*args, **kwargs)
         except redis.exceptions.ConnectionError as exc:
-            if str(exc) != "No connection available.":
-                raise
-            raise PoolTimeoutError(
-                f"no connection to {self.server.where()} came free within {self.timeout:g} s: all "
-                f"{self.max_connections} connection(s) of this client stayed busy. Hold them for "
-                "less time, or give the client more: client(max_connections=…, pool_timeout=…)"
-            ) from None
+            raise timeout_error(self, exc) from None
+
+
+def timeout_error(pool: Any, exc: redis.exceptions.ConnectionError) -> Exception:
+    """PoolTimeoutError for redis-py's "No connection available." (sync or asyncio); else ``exc``."""
+    if str(exc) != "No connection available.":
+        return exc
+    return PoolTimeoutError(
+        f"no connection to {pool.server.where()} came free within {pool.timeout:g} s: all "
+        f"{pool.max_connections} connection(s) of this client stayed busy. Hold them for "
+        "less time, or give the client more: client(max_connections=…, pool_timeout=…)"
+    )

@@ -90,19 +90,26 @@ class Server:
         The client keeps this server alive while it is in use. Threads sharing it wait for one of
         ``max_connections`` connections, up to ``pool_timeout`` seconds (then PoolTimeoutError).
         """
+        pool = ServerPool(self, **self.pool_options(decode_responses, allow_destructive, max_connections,
+                                                    pool_timeout, **kwargs))
+        return redis.Redis.from_pool(pool)
+
+    def pool_options(
+        self, decode_responses: bool, allow_destructive: bool, max_connections: int, pool_timeout: float,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """What a pool of this server's clients is built with, sync or asyncio (``redisopt.aio``)."""
         options: dict[str, Any] = {"socket_connect_timeout": 5, "socket_timeout": 60}
         options.update(self._pool_kwargs())
         options.update(kwargs)
-        pool = ServerPool(
-            self,
-            max_connections=max_connections,
-            timeout=pool_timeout,
-            connection_class=self._connection_class(),
-            tap=Tap(self.guard(allow_destructive)),
-            decode_responses=decode_responses,
+        return {
+            "max_connections": max_connections,
+            "timeout": pool_timeout,
+            "connection_class": self._connection_class(),
+            "tap": Tap(self.guard(allow_destructive)),
+            "decode_responses": decode_responses,
             **options,
-        )
-        return redis.Redis.from_pool(pool)
+        }
 
     def identify(self) -> None:
         """Ask the server what it is, within IDENTIFY_TIMEOUT; refuse anything older than 7.2."""
