@@ -1,0 +1,454 @@
+"""A lock with a fencing token: SET NX PX with a random token, released and extended only by its owner.
+
+Why more than ``SET NX``: a holder can pause (GC, swap, a slow disk) past its TTL while another
+client takes the lock; its late DEL would then free someone else's lock (the article's mistake 2),
+and its late write would land on top of the new holder's. So release and extend compare the token
+first (one Lua script, or the server's own conditional command where it has one: Valkey 9.0
+DELIFEQ, Redis 8.4 DELEX, SET IFEQ in Valkey 8.1 and Redis 8.4), and every acquire also hands out
+a fencing token from INCR, strictly increasing per lock name, that a protected resource checks
+(``FencedResource``) so an expired holder's write is refused (Kleppmann, "How to do distributed
+locking", 2016). Chapter 5 (5장) measures both release paths side by side.
+
+Everything that is not I/O (script text, keys, arguments, reply → error) lives outside the ``do_*``
+methods, so the asyncio twin only adds ``await``.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import redis
+from redis.commands.core import Script
+
+from redisopt.errors import ConfigError, LockError, LockNotOwnedError, LockTimeout, StaleTokenError
+
+__all__ = ["FencedResource", "Lock", "LockStrategy", "lock_capabilities"]
+
+# --------------------------------------------------------------------------- scripts
+
+# KEYS[1] the lock, KEYS[2] its fencing counter; ARGV[1] our random token, ARGV[2] TTL in ms.
+# Returns the new fencing token (>= 1) when the lock was free and is now ours, else 0.
+ACQUIRE_LUA = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return redis.call('INCR', KEYS[2])
+end
+return 0
+"""
+
+# KEYS[1] the lock; ARGV[1] our token. Returns 1 when deleted, 0 when the lock is not ours.
+RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# KEYS[1] the lock; ARGV[1] our token, ARGV[2] the new remaining TTL in ms.
+# Returns 1 when the TTL was set, 0 when the lock is not ours.
+EXTEND_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# KEYS[1] the resource's value, KEYS[2] the highest fencing token it has accepted;
+# ARGV[1] the writer's fencing token, ARGV[2] the value.
+# Returns {1, token} when written, {0, highest} when the token is older than one already seen.
+FENCED_WRITE_LUA = """
+local highest = tonumber(redis.call('GET', KEYS[2]) or '0')
+local token = tonumber(ARGV[1])
+if token < highest then
+  return {0, highest}
+end
+redis.call('SET', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[1], ARGV[2])
+return {1, token}
+"""
+
+SCRIPTS = (ACQUIRE_LUA, RELEASE_LUA, EXTEND_LUA, FENCED_WRITE_LUA)
+
+# --------------------------------------------------------------------------- what the server offers
+
+
+@dataclass(frozen=True)
+class LockStrategy:
+    """How a Lock releases and extends: ``"lua"`` or the native command it uses."""
+
+    release: str  # "DELIFEQ", "DELEX" or "lua"
+    extend: str  # "SET IFEQ" or "lua"
+
+    @property
+    def native(self) -> bool:
+        return self.release != "lua" or self.extend != "lua"
+
+    def __str__(self) -> str:
+        return f"release={self.release}, extend={self.extend}"
+
+
+LUA_ONLY = LockStrategy("lua", "lua")
+
+# One probe per connection pool (one server): commands do not change while a server runs.
+_capabilities: weakref.WeakKeyDictionary[Any, frozenset[str]] = weakref.WeakKeyDictionary()
+_capabilities_lock = threading.Lock()
+
+
+def _mentions(reply: Any, word: str) -> bool:
+    """Does ``word`` appear anywhere in a nested COMMAND DOCS reply (str or bytes, RESP2 or 3)?"""
+    if isinstance(reply, (bytes, bytearray)):
+        return reply.decode("latin-1").upper() == word
+    if isinstance(reply, str):
+        return reply.upper() == word
+    if isinstance(reply, dict):
+        return any(_mentions(k, word) or _mentions(v, word) for k, v in reply.items())
+    if isinstance(reply, (list, tuple)):
+        return any(_mentions(item, word) for item in reply)
+    return False
+
+
+def _parse_capabilities(info: Any, docs: Any) -> frozenset[str]:
+    """The native commands a server has, from ``COMMAND INFO DELIFEQ DELEX`` and ``COMMAND DOCS SET``.
+
+    COMMAND INFO answers nil (None) for an unknown command; SET's IFEQ option is an argument,
+    which only COMMAND DOCS lists (its ``token``).
+    """
+    found = set()
+    for name, doc in zip(("DELIFEQ", "DELEX"), info or [], strict=False):
+        if doc:  # None or [] for a command the server does not know
+            found.add(name)
+    if not isinstance(docs, Exception) and _mentions(docs, "IFEQ"):
+        found.add("SET IFEQ")
+    return frozenset(found)
+
+
+def lock_capabilities(client: redis.Redis) -> frozenset[str]:
+    """The conditional commands this server has among DELIFEQ, DELEX and SET IFEQ, detected from
+    the command table, never from a version number.
+
+    One round trip, once per connection pool, which also loads the lock's scripts: the first
+    acquire + release is then 2 round trips like every later one (no NOSCRIPT, SCRIPT LOAD).
+    """
+    pool = client.connection_pool
+    with _capabilities_lock:
+        if pool in _capabilities:
+            return _capabilities[pool]
+    pipe = client.pipeline(transaction=False)
+    # Sent as one word: redis-py's COMMAND INFO parser fails on the nil of an unknown command.
+    pipe.execute_command("COMMAND INFO", "DELIFEQ", "DELEX")
+    pipe.execute_command("COMMAND DOCS", "SET")  # Redis/Valkey < 7 do not have it: no IFEQ either
+    for body in SCRIPTS:
+        pipe.script_load(body)
+    info, docs, *loaded = pipe.execute(raise_on_error=False)
+    for reply in loaded:
+        if isinstance(reply, Exception):
+            raise reply  # e.g. the guard or an ACL refusing SCRIPT LOAD: say so now, not at acquire
+    if isinstance(info, Exception):
+        info = None
+    found = _parse_capabilities(info, docs)
+    with _capabilities_lock:
+        _capabilities[pool] = found
+    return found
+
+
+def choose_strategy(capabilities: frozenset[str], strategy: str) -> LockStrategy:
+    """``"auto"``: each native command the server has; ``"lua"``: scripts only; ``"native"``: native
+    commands only (a ConfigError naming what is missing)."""
+    if strategy == "lua":
+        return LUA_ONLY
+    if strategy not in ("auto", "native"):
+        raise ConfigError(f"lock strategy must be 'auto', 'lua' or 'native', not {strategy!r}")
+    release = next((c for c in ("DELIFEQ", "DELEX") if c in capabilities), "lua")
+    extend = "SET IFEQ" if "SET IFEQ" in capabilities else "lua"
+    if strategy == "native" and "lua" in (release, extend):
+        missing = [what for what, via in (("DELIFEQ or DELEX", release), ("SET IFEQ", extend)) if via == "lua"]
+        raise ConfigError(f"lock strategy 'native' needs {' and '.join(missing)}, which this server lacks; "
+                          "use strategy='auto' (native where available) or 'lua'")
+    return LockStrategy(release, extend)
+
+
+# --------------------------------------------------------------------------- arguments and replies
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(round(seconds * 1000)))
+
+
+def _check_ttl(ttl: float) -> float:
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
+        raise ValueError(f"ttl must be a number of seconds > 0, not {ttl!r}")
+    return float(ttl)
+
+
+def _check_timeout(timeout: float | None) -> float | None:
+    if timeout is not None and not timeout >= 0:
+        raise ValueError(f"timeout must be None (wait without limit), 0 (do not wait) or > 0, not {timeout!r}")
+    return timeout
+
+
+def release_command(strategy: LockStrategy, key: str, token: str) -> tuple[Any, ...]:
+    """The native release command's arguments (DELIFEQ key token / DELEX key IFEQ token)."""
+    if strategy.release == "DELIFEQ":
+        return ("DELIFEQ", key, token)
+    return ("DELEX", key, "IFEQ", token)
+
+
+def extend_command(key: str, token: str, ttl_ms: int) -> tuple[Any, ...]:
+    """SET key token IFEQ token PX ttl: rewrites our own value, so only the TTL changes."""
+    return ("SET", key, token, "IFEQ", token, "PX", ttl_ms)
+
+
+def _not_owned(name: str, action: str, never: bool) -> LockNotOwnedError:
+    why = ("this Lock does not hold it (never acquired, or already released)" if never
+           else "it is no longer ours: it expired, and perhaps another client holds it now")
+    return LockNotOwnedError(f"cannot {action} lock {name!r}: {why}", name=name)
+
+
+# --------------------------------------------------------------------------- the lock
+
+
+class Lock:
+    """``Lock(client, name, ttl=10.0)``: ``acquire()`` returns a fencing token or raises LockTimeout.
+
+    Timeouts follow Python: None waits without limit, 0 tries once, t waits up to t seconds.
+    ``with Lock(r, "job") as token:`` acquires with ``timeout`` and releases on exit. With
+    ``auto_renew=True`` a daemon thread extends the lock every ``renew_every`` seconds (ttl/3) at
+    most ``max_renewals`` times, then stops: a holder stuck forever still loses the lock.
+    ``strategy`` is "auto" (native commands where the server has them), "lua" or "native";
+    ``lock.strategy`` says which path is used.
+    """
+
+    _scripts: ClassVar[dict[str, Script]] = {}  # registered once per class, called with client=
+
+    def __init__(self, client: redis.Redis, name: str, ttl: float = 10.0, *, timeout: float | None = None,
+                 sleep: float = 0.002, max_sleep: float = 0.1, auto_renew: bool = False,
+                 renew_every: float | None = None, max_renewals: int = 100, strategy: str = "auto") -> None:
+        self.client = client
+        self.name = name
+        self.ttl = _check_ttl(ttl)
+        self.timeout = _check_timeout(timeout)
+        if not 0 < sleep <= max_sleep:
+            raise ValueError(f"need 0 < sleep <= max_sleep, got sleep={sleep!r}, max_sleep={max_sleep!r}")
+        self.sleep, self.max_sleep = sleep, max_sleep
+        self.auto_renew = auto_renew
+        self.renew_every = _check_ttl(renew_every) if renew_every is not None else self.ttl / 3
+        if max_renewals < 0:
+            raise ValueError(f"max_renewals must be >= 0, not {max_renewals!r}")
+        self.max_renewals = max_renewals
+        self.strategy = choose_strategy(lock_capabilities(client), strategy)
+        self.token: str | None = None  # our random token while we think we hold the lock
+        self.fencing_token: int | None = None
+        self.renewals = 0
+        self.attempts = 0  # acquire attempts (round trips) of the last acquire()
+        self._renewer: _Renewer | None = None
+        self._register(client)
+
+    # ----- keys and scripts (no I/O)
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+    @property
+    def fencing_key(self) -> str:
+        return f"{self.name}:fencing"
+
+    @classmethod
+    def _register(cls, client: redis.Redis) -> None:
+        if not cls._scripts:
+            cls._scripts = {"acquire": client.register_script(ACQUIRE_LUA),
+                            "release": client.register_script(RELEASE_LUA),
+                            "extend": client.register_script(EXTEND_LUA)}
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with equal jitter: half the step fixed, half random (no herd)."""
+        step = min(self.max_sleep, self.sleep * 2 ** min(attempt, 30))
+        return step / 2 + random.uniform(0, step / 2)
+
+    # ----- public API
+
+    def acquire(self, timeout: float | None = None) -> int:
+        """Take the lock and return its fencing token; LockTimeout when ``timeout`` runs out first."""
+        _check_timeout(timeout)
+        if self.token is not None:
+            raise LockError(f"lock {self.name!r} is already held by this Lock object (not reentrant)",
+                            name=self.name)
+        token = secrets.token_hex(16)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.attempts = 0
+        while True:
+            self.attempts += 1
+            fence = self.do_acquire(token)
+            if fence:
+                self.token, self.fencing_token, self.renewals = token, fence, 0
+                if self.auto_renew:
+                    self._renewer = _Renewer(self)
+                    self._renewer.start()
+                return fence
+            pause = self._backoff(self.attempts - 1)
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise LockTimeout(f"lock {self.name!r} is held by another client; gave up after "
+                                      f"{timeout} s ({self.attempts} attempts)", name=self.name)
+                pause = min(pause, left)
+            time.sleep(pause)
+
+    def release(self) -> None:
+        """Free the lock if it is still ours; LockNotOwnedError if it expired or never was ours."""
+        renewer, self._renewer = self._renewer, None
+        renewal_error = renewer.stop() if renewer is not None else None
+        token, self.token = self.token, None
+        if token is None:
+            raise _not_owned(self.name, "release", never=True)
+        if not self.do_release(token):
+            raise _not_owned(self.name, "release", never=False) from renewal_error
+
+    def extend(self, ttl: float | None = None) -> None:
+        """Set the lock's remaining time to ``ttl`` seconds (default: its ttl), if it is still ours."""
+        ttl_ms = _ms(_check_ttl(self.ttl if ttl is None else ttl))
+        if self.token is None:
+            raise _not_owned(self.name, "extend", never=True)
+        if not self.do_extend(self.token, ttl_ms):
+            raise _not_owned(self.name, "extend", never=False)
+
+    def locked(self) -> bool:
+        """Is the lock held by anyone right now (one EXISTS)?"""
+        return bool(self.client.exists(self.key))
+
+    @property
+    def owned(self) -> bool:
+        """Is it still ours (one GET)? Only a hint: it can expire right after."""
+        return self.token is not None and self.client.get(self.key) == self.token
+
+    def __enter__(self) -> int:
+        return self.acquire(self.timeout)
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        try:
+            self.release()
+        except LockNotOwnedError as lost:
+            if exc is None:
+                raise  # the block ran, but not (wholly) under the lock: the caller must know
+            exc.add_note(f"and then: {lost}")
+
+    def __repr__(self) -> str:
+        return f"Lock({self.name!r}, ttl={self.ttl}, strategy={self.strategy}, held={self.token is not None})"
+
+    # ----- one round trip each: the hooks a chapter (or the async twin) replaces
+
+    def do_acquire(self, token: str) -> int:
+        return int(self._scripts["acquire"](keys=[self.key, self.fencing_key], args=[token, _ms(self.ttl)],
+                                            client=self.client))
+
+    def do_release(self, token: str) -> bool:
+        if self.strategy.release == "lua":
+            return bool(self._scripts["release"](keys=[self.key], args=[token], client=self.client))
+        return bool(self.client.execute_command(*release_command(self.strategy, self.key, token)))
+
+    def do_extend(self, token: str, ttl_ms: int) -> bool:
+        if self.strategy.extend == "lua":
+            return bool(self._scripts["extend"](keys=[self.key], args=[token, ttl_ms], client=self.client))
+        return self.client.execute_command(*extend_command(self.key, token, ttl_ms)) is not None
+
+
+class _Renewer:
+    """Extends a held lock every ``renew_every`` s, at most ``max_renewals`` times.
+
+    Holds only a weakref to the lock (a forgotten Lock is collected and its thread ends), paced by
+    ``Event.wait`` (the sleep is the stop signal), daemon, joined by ``release``.
+    """
+
+    def __init__(self, lock: Lock) -> None:
+        self._lock = weakref.ref(lock)
+        self._token = lock.token
+        self._every = lock.renew_every
+        self._stop = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=f"lock-renewer:{lock.name}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            lock = self._lock()
+            if lock is None or lock.token != self._token or lock.renewals >= lock.max_renewals:
+                return  # collected, released, or at its cap: from here the TTL runs out by itself
+            try:
+                if not lock.do_extend(self._token, _ms(lock.ttl)):  # type: ignore[arg-type]
+                    return  # lost already: nothing left to renew
+                lock.renewals += 1
+            except BaseException as exc:  # noqa: BLE001 - handed to release(), which re-raises
+                self.error = exc
+                return
+            finally:
+                del lock
+
+    def stop(self) -> BaseException | None:
+        """Stop and join; returns what the thread raised, if anything."""
+        self._stop.set()
+        if self.thread is not threading.current_thread():
+            self.thread.join()
+        return self.error
+
+
+# --------------------------------------------------------------------------- a fenced resource
+
+
+class FencedResource:
+    """A value that only accepts writes carrying a fencing token at least as new as any it has seen.
+
+    The storage side of fencing: once the holder with token 34 has written, a paused holder whose
+    lock expired (token 33) is refused with StaleTokenError instead of overwriting newer data.
+    """
+
+    _script: ClassVar[Script | None] = None
+
+    def __init__(self, client: redis.Redis, name: str) -> None:
+        self.client = client
+        self.name = name
+        lock_capabilities(client)  # loads the script with the lock's (once per pool)
+        if FencedResource._script is None:
+            FencedResource._script = client.register_script(FENCED_WRITE_LUA)
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+    @property
+    def highest_key(self) -> str:
+        return f"{self.name}:highest_token"
+
+    def write(self, value: Any, token: int) -> None:
+        """Store ``value`` if ``token`` is not older than any accepted one, else StaleTokenError.
+
+        No ``pipeline=``: whether the write was refused is the reply, and it must raise here.
+        """
+        if isinstance(token, bool) or not isinstance(token, int) or token < 1:
+            raise ValueError(f"fencing token must be an int >= 1, not {token!r}")
+        reply = self.do_write(value, token)
+        self._outcome(reply, token)
+
+    def _outcome(self, reply: Any, token: int) -> None:
+        accepted, highest = int(reply[0]), int(reply[1])
+        if not accepted:
+            raise StaleTokenError(f"write to {self.name!r} refused: fencing token {token} is older than "
+                                  f"{highest}, already accepted (a lock holder that expired)",
+                                  name=self.name, token=token, highest=highest)
+
+    def do_write(self, value: Any, token: int) -> Any:
+        assert self._script is not None
+        return self._script(keys=[self.key, self.highest_key], args=[token, value], client=self.client)
+
+    def read(self) -> Any:
+        return self.client.get(self.key)
+
+    def highest(self) -> int:
+        """The newest fencing token accepted so far (0: none)."""
+        return int(self.client.get(self.highest_key) or 0)
