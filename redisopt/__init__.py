@@ -17,16 +17,23 @@ from redisopt.bench import (
     worst_stall_ms,
 )
 from redisopt.bulk import add_many, push_many, scan_keys, unlink_matching
+from redisopt.codecs import Codec, get_codec
 from redisopt.errors import (
     ConfigError,
     DestructiveCommandError,
+    EncodeError,
+    LockError,
+    LockNotOwnedError,
+    LockTimeout,
     NoServerError,
     PoolTimeoutError,
     RedisoptError,
     ServerStartError,
+    StaleTokenError,
 )
 from redisopt.keyspace import KeySpace
 from redisopt.leaderboard import Leaderboard, top_by_sorting
+from redisopt.lock import FencedResource, Lock, LockStrategy
 from redisopt.membership import membership_cases
 from redisopt.memory import (
     embstr_boundary,
@@ -37,6 +44,7 @@ from redisopt.memory import (
     predict_string_encodings,
     thresholds,
 )
+from redisopt.queue import ArticleQueueUpdate, RequestTable, WorkQueue
 from redisopt.records import LAYOUTS, USER_FIELDS, RecordStore, has_command, resp_bulk_size, sample_users
 from redisopt.server import Server, connect, default_server, start_server
 
@@ -44,12 +52,24 @@ from redisopt.server import Server, connect, default_server, start_server
 _pd.set_option("display.unicode.east_asian_width", True)
 
 __all__ = [
+    "ArticleQueueUpdate",
+    "Codec",
+    "EncodeError",
+    "RequestTable",
+    "WorkQueue",
+    "get_codec",
     "ConfigError",
     "DestructiveCommandError",
+    "FencedResource",
     "KeySpace",
     "LAYOUTS",
     "LatencyProbe",
     "Leaderboard",
+    "Lock",
+    "LockError",
+    "LockNotOwnedError",
+    "LockStrategy",
+    "LockTimeout",
     "NoServerError",
     "PoolTimeoutError",
     "RecordStore",
@@ -57,6 +77,7 @@ __all__ = [
     "RoundTrips",
     "Server",
     "ServerStartError",
+    "StaleTokenError",
     "USER_FIELDS",
     "add_many",
     "compare",

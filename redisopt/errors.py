@@ -27,3 +27,29 @@ class ServerStartError(RedisoptError):
 
 class DestructiveCommandError(RedisoptError):
     """A flushing or reconfiguring command was refused on a server the user supplied."""
+
+
+class LockError(RedisoptError):
+    """A lock operation failed; ``name`` is the lock's name."""
+
+    def __init__(self, message: str, *, name: str | None = None) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+class LockTimeout(LockError, TimeoutError):
+    """The lock stayed held by another client until the acquire timeout ran out."""
+
+
+class LockNotOwnedError(LockError):
+    """Release or extend of a lock that is no longer ours (it expired) or never was."""
+
+
+class StaleTokenError(LockError):
+    """A fenced resource refused a write: its fencing ``token`` is older than ``highest`` seen."""
+
+    def __init__(self, message: str, *, name: str | None = None, token: int = 0, highest: int = 0) -> None:
+        super().__init__(message, name=name)
+        self.token = token
+        self.highest = highest
+
