@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import redis
+from redis.client import Pipeline
 
 from redisopt.bulk import chunked
 
@@ -15,12 +16,14 @@ class Leaderboard:
     def __init__(self, client: redis.Redis, key: str) -> None:
         self.client, self.key = client, key
 
-    def add(self, scores: Mapping[str, float], chunk: int = 1_000) -> None:
-        """ZADD all scores, ``chunk`` members per command, in one pipeline."""
-        pipe = self.client.pipeline(transaction=False)
+    def add(self, scores: Mapping[str, float], chunk: int = 1_000, *, pipeline: Pipeline | None = None) -> None:
+        """ZADD all scores, ``chunk`` members per command, in one pipeline (the caller's, if given:
+        then the caller executes it)."""
+        pipe = pipeline if pipeline is not None else self.client.pipeline(transaction=False)
         for part in chunked(scores.items(), chunk):
             pipe.zadd(self.key, dict(part))
-        pipe.execute()
+        if pipeline is None:
+            pipe.execute()
 
     def top(self, n: int = 10) -> list[tuple[str, float]]:
         """Highest first, with ``ZRANGE key 0 n-1 REV WITHSCORES`` (one round trip).

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from redisopt.keyspace import KeySpace
 
@@ -81,9 +82,10 @@ class RecordStore:
         if unknown:
             raise ValueError(f"unknown field(s) {sorted(unknown)}; this store has {self.fields}")
 
-    def put_many(self, records: Mapping[object, Mapping[str, Any]]) -> None:
-        """Write all records in one pipeline (one round trip)."""
-        pipe = self.client.pipeline(transaction=False)
+    def put_many(self, records: Mapping[object, Mapping[str, Any]], *, pipeline: Pipeline | None = None) -> None:
+        """Write all records in one pipeline (one round trip); in the caller's, if given (then the
+        caller executes it, e.g. inside its MULTI)."""
+        pipe = pipeline if pipeline is not None else self.client.pipeline(transaction=False)
         for rid, record in records.items():
             self._check(record)
             if self.layout == "json":
@@ -92,7 +94,8 @@ class RecordStore:
                 pipe.hset(self.key(rid), mapping=dict(record))
             else:
                 pipe.mset({self.key(rid, f): v for f, v in record.items()})
-        pipe.execute()
+        if pipeline is None:
+            pipe.execute()
 
     def get(self, rid: object) -> dict[str, str] | None:
         """The whole record in one round trip (GET, HGETALL or MGET)."""

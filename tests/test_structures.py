@@ -184,3 +184,20 @@ def test_membership_cases_find_the_last_member_in_both_structures(r: redis.Redis
     with redisopt.count_round_trips(r) as rt:
         cases["LPOS (List)"]()
     assert rt.round_trips == 1
+
+
+def test_write_helpers_join_a_callers_transaction(r: redis.Redis, ks: redisopt.KeySpace) -> None:
+    """rq's convention: with pipeline=, the helpers queue into it and the caller runs EXEC."""
+    board = redisopt.Leaderboard(r, ks.key("board"))
+    store = redisopt.RecordStore(r, redisopt.KeySpace(ks.key("users")), "hash")
+    with redisopt.count_round_trips(r) as rt:
+        pipe = r.pipeline(transaction=True)
+        assert redisopt.push_many(r, ks.key("list"), list(range(2_500)), pipeline=pipe) == 2_500
+        assert redisopt.add_many(r, ks.key("set"), ["a", "b", "a"], pipeline=pipe) == 3
+        board.add({"p1": 1.0, "p2": 2.0}, pipeline=pipe)
+        store.put_many({1: {"name": "a", "age": "1"}}, pipeline=pipe)
+        assert r.exists(ks.key("list"), ks.key("set"), ks.key("board")) == 0  # nothing sent yet
+        replies = pipe.execute()
+    assert rt.round_trips == 2  # the EXISTS above, then MULTI … EXEC as one write
+    assert replies[:3] == [1_000, 2_000, 2_500] and r.llen(ks.key("list")) == 2_500
+    assert r.scard(ks.key("set")) == 2 and board.top(1) == [("p2", 2.0)] and store.get(1)["name"] == "a"
