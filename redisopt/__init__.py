@@ -42,6 +42,7 @@ from redisopt.memory import (
     predict_string_encodings,
     thresholds,
 )
+from redisopt.netem import LatencyProxy, RttReport
 from redisopt.records import LAYOUTS, USER_FIELDS, RecordStore, has_command, resp_bulk_size, sample_users
 from redisopt.server import Server, connect, default_server, start_server
 
@@ -55,6 +56,7 @@ __all__ = [
     "KeySpace",
     "LAYOUTS",
     "LatencyProbe",
+    "LatencyProxy",
     "Leaderboard",
     "Lock",
     "LockError",
@@ -66,6 +68,7 @@ __all__ = [
     "RecordStore",
     "RedisoptError",
     "RoundTrips",
+    "RttReport",
     "Server",
     "ServerStartError",
     "StaleTokenError",
