@@ -17,9 +17,11 @@ from redisopt.bench import (
     worst_stall_ms,
 )
 from redisopt.bulk import add_many, push_many, scan_keys, unlink_matching
+from redisopt.codecs import Codec, get_codec
 from redisopt.errors import (
     ConfigError,
     DestructiveCommandError,
+    EncodeError,
     LockError,
     LockNotOwnedError,
     LockTimeout,
@@ -43,6 +45,7 @@ from redisopt.memory import (
     thresholds,
 )
 from redisopt.netem import LatencyProxy, RttReport
+from redisopt.queue import ArticleQueueUpdate, RequestTable, WorkQueue
 from redisopt.records import LAYOUTS, USER_FIELDS, RecordStore, has_command, resp_bulk_size, sample_users
 from redisopt.server import Server, connect, default_server, start_server
 
@@ -50,6 +53,12 @@ from redisopt.server import Server, connect, default_server, start_server
 _pd.set_option("display.unicode.east_asian_width", True)
 
 __all__ = [
+    "ArticleQueueUpdate",
+    "Codec",
+    "EncodeError",
+    "RequestTable",
+    "WorkQueue",
+    "get_codec",
     "ConfigError",
     "DestructiveCommandError",
     "FencedResource",

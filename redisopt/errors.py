@@ -53,3 +53,14 @@ class StaleTokenError(LockError):
         self.token = token
         self.highest = highest
 
+class EncodeError(RedisoptError, TypeError):
+    """A codec cannot represent a value; ``type_name`` and ``path`` say which one, ``index`` which item."""
+
+    def __init__(self, message: str, *, codec: str, type_name: str, path: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.codec, self.type_name, self.path, self.index = codec, type_name, path, index
+        self.sent = 0  # items of the same batch already sent (WorkQueue.put_many sends window by window)
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return text if self.index is None else f"{text} (item {self.index} of the batch)"
