@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
@@ -65,3 +65,48 @@ def add_many(
     if pipeline is not None:
         return len(members)
     return sum(pipe.execute())
+
+
+def insert_cases(client: redis.Redis, prefix: str, n: int, value: str = "v") -> dict[str, Callable[[], Any]]:
+    """The batch-insert ladder of 4장: ``n`` keys written four ways, for ``bench.compare``.
+
+    One SET per round trip; one pipeline (one round trip); the same pipeline wrapped in MULTI/EXEC
+    (atomicity nobody asked for: two more commands, DESIGN mistake 8); one variadic MSET (one command).
+    """
+    keys = [f"{prefix}:{i}" for i in range(n)]
+
+    def single() -> None:
+        for key in keys:
+            client.set(key, value)
+
+    def pipelined(transaction: bool) -> None:
+        pipe = client.pipeline(transaction=transaction)
+        for key in keys:
+            pipe.set(key, value)
+        pipe.execute()
+
+    return {
+        "개별 SET": single,
+        "파이프라인": lambda: pipelined(False),
+        "파이프라인 + MULTI": lambda: pipelined(True),
+        "MSET (가변 인자)": lambda: client.mset(dict.fromkeys(keys, value)),
+    }
+
+
+def populate(client: redis.Redis, prefix: str, n: int, size: int = 8) -> int:
+    """Create ``n`` string keys ``<prefix>:0 …`` fast, for demos that need a big keyspace.
+
+    Uses DEBUG POPULATE where the server allows it (private servers do), else pipelined MSET in
+    chunks. Never on a server the user supplied: the guard refuses DEBUG there, and a big keyspace
+    on someone's server is the wrong place for a blocking demo anyway. Returns the keys created.
+    """
+    before = client.dbsize()
+    try:
+        client.execute_command("DEBUG", "POPULATE", n, prefix, size)
+        return client.dbsize() - before
+    except redis.exceptions.ResponseError:  # DEBUG disabled on this server
+        pipe = client.pipeline(transaction=False)
+        for part in chunked(range(n), CHUNK):
+            pipe.mset({f"{prefix}:{i}": "x" * size for i in part})
+        pipe.execute()
+        return client.dbsize() - before

@@ -201,3 +201,24 @@ def test_write_helpers_join_a_callers_transaction(r: redis.Redis, ks: redisopt.K
     assert rt.round_trips == 2  # the EXISTS above, then MULTI … EXEC as one write
     assert replies[:3] == [1_000, 2_000, 2_500] and r.llen(ks.key("list")) == 2_500
     assert r.scard(ks.key("set")) == 2 and board.top(1) == [("p2", 2.0)] and store.get(1)["name"] == "a"
+
+
+def test_insert_ladder_round_trips_are_exact(r: redis.Redis, ks: redisopt.KeySpace) -> None:
+    from redisopt.bulk import insert_cases
+
+    counts = {}
+    for name, case in insert_cases(r, ks.key("k"), 300).items():
+        with redisopt.count_round_trips(r) as rt:
+            case()
+        counts[name] = (rt.round_trips, rt.commands)
+    assert counts == {"개별 SET": (300, 300), "파이프라인": (1, 300), "파이프라인 + MULTI": (1, 302),
+                      "MSET (가변 인자)": (1, 1)}
+    assert r.get(ks.key("k", 299)) == "v"
+
+
+def test_populate_makes_a_big_keyspace_under_its_prefix(r: redis.Redis, ks: redisopt.KeySpace) -> None:
+    from redisopt.bulk import populate
+
+    assert populate(r, ks.key("pop"), 5_000) == 5_000
+    assert r.exists(ks.key("pop", 0), ks.key("pop", 4_999)) == 2
+    assert sum(1 for _ in redisopt.scan_keys(r, ks.pattern("pop"))) == 5_000
