@@ -28,6 +28,7 @@ from redisopt.errors import (
     NoServerError,
     PoolTimeoutError,
     RedisoptError,
+    RetryLimitExceeded,
     ServerStartError,
     StaleTokenError,
 )
@@ -48,6 +49,7 @@ from redisopt.netem import LatencyProxy, RttReport
 from redisopt.queue import ArticleQueueUpdate, RequestTable, WorkQueue
 from redisopt.records import LAYOUTS, USER_FIELDS, RecordStore, has_command, resp_bulk_size, sample_users
 from redisopt.server import Server, connect, default_server, start_server
+from redisopt.txn import Counter, TxnResult, article_watch_add, transact
 
 # Hangul is double-width in a terminal font: let pandas pad tables so Korean columns line up.
 _pd.set_option("display.unicode.east_asian_width", True)
@@ -60,6 +62,7 @@ __all__ = [
     "WorkQueue",
     "get_codec",
     "ConfigError",
+    "Counter",
     "DestructiveCommandError",
     "FencedResource",
     "KeySpace",
@@ -76,13 +79,16 @@ __all__ = [
     "PoolTimeoutError",
     "RecordStore",
     "RedisoptError",
+    "RetryLimitExceeded",
     "RoundTrips",
     "RttReport",
     "Server",
     "ServerStartError",
+    "TxnResult",
     "StaleTokenError",
     "USER_FIELDS",
     "add_many",
+    "article_watch_add",
     "compare",
     "connect",
     "count_round_trips",
@@ -106,6 +112,7 @@ __all__ = [
     "sweep",
     "thresholds",
     "top_by_sorting",
+    "transact",
     "unlink_matching",
     "worst_stall_ms",
 ]

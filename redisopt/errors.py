@@ -64,3 +64,12 @@ class EncodeError(RedisoptError, TypeError):
     def __str__(self) -> str:
         text = super().__str__()
         return text if self.index is None else f"{text} (item {self.index} of the batch)"
+
+
+class RetryLimitExceeded(RedisoptError):
+    """An optimistic (WATCH) update lost to concurrent writers more than ``max_retries`` times in a row."""
+
+    def __init__(self, message: str, *, keys: tuple[str, ...], attempts: int) -> None:
+        super().__init__(message)
+        self.keys = keys
+        self.attempts = attempts
