@@ -324,7 +324,10 @@ class Lock:
     @property
     def owned(self) -> bool:
         """Is it still ours (one GET)? Only a hint: it can expire right after."""
-        return self.token is not None and self.client.get(self.key) == self.token
+        if self.token is None:
+            return False
+        value = self.client.get(self.key)
+        return (value.decode() if isinstance(value, bytes) else value) == self.token
 
     def __enter__(self) -> int:
         return self.acquire(self.timeout)

@@ -335,3 +335,17 @@ def test_lock_scripts_pass_the_guard_on_a_redis_url_server(server, ks, strategy)
             guarded.eval("return redis.call('FLUSHDB')", 0)
     finally:
         guarded.close()
+
+
+def test_lock_works_on_a_bytes_client(server, ks) -> None:
+    raw = server.client(decode_responses=False)
+    try:
+        resource = redisopt.FencedResource(raw, ks.key("resource"))
+        with redisopt.Lock(raw, ks.key("lock"), ttl=5) as token:
+            resource.write(b"v", token)
+        lock = redisopt.Lock(raw, ks.key("lock"), ttl=5)
+        lock.acquire(0)
+        assert lock.owned
+        lock.release()
+    finally:
+        raw.close()
