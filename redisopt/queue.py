@@ -27,7 +27,10 @@ from redisopt.errors import EncodeError
 from redisopt.keyspace import WORKBOOK, KeySpace
 
 CHUNK = 1_000  # values per RPUSH: amortises the command, keeps each reply and buffer small
-WINDOW = 10  # RPUSH commands per round trip when put_many runs its own pipeline
+# RPUSH commands per round trip when put_many runs its own pipeline. A trade-off, measured for 200 k
+# orjson items: window 1 → 5.7 k minor page faults, 10 → 44 k (+~70 MB peak RSS), 100 → 202 k (+~780 MB,
+# the codecs trap again); yet at 1 ms RTT each extra round trip costs ~1 µs per item of a 1,000 chunk.
+WINDOW = 10
 MAX_SLICE = 30.0  # seconds: longest single BLPOP, kept under redis-py's socket timeout (60 s here)
 MIN_SLICE = 0.001  # seconds: BLPOP truncates to ms, and a 0 ms timeout would block forever
 
