@@ -32,9 +32,10 @@ from redisopt.errors import (
     ServerStartError,
     StaleTokenError,
 )
+from redisopt.fencing import FencedResource
 from redisopt.keyspace import KeySpace
 from redisopt.leaderboard import Leaderboard, top_by_sorting
-from redisopt.lock import FencedResource, Lock, LockStrategy
+from redisopt.lock import Lock, LockStrategy
 from redisopt.membership import membership_cases
 from redisopt.memory import (
     embstr_boundary,

@@ -7,7 +7,7 @@ first (one Lua script, or the server's own conditional command where it has one:
 DELIFEQ, Redis 8.4 DELEX, SET IFEQ in Valkey 8.1 and Redis 8.4), and every acquire also hands out
 a fencing token from INCR, strictly increasing per lock name, that a protected resource checks
 (``FencedResource``) so an expired holder's write is refused (Kleppmann, "How to do distributed
-locking", 2016). Chapter 5 (5장) measures both release paths side by side.
+locking", 2016); see ``redisopt.fencing``. Chapter 5 (5장) measures both release paths side by side.
 
 Everything that is not I/O (script text, keys, arguments, reply → error) lives outside the ``do_*``
 methods, so the asyncio twin only adds ``await``.
@@ -26,9 +26,10 @@ from typing import Any, ClassVar
 import redis
 from redis.commands.core import Script
 
-from redisopt.errors import ConfigError, LockError, LockNotOwnedError, LockTimeout, StaleTokenError
+from redisopt.errors import ConfigError, LockError, LockNotOwnedError, LockTimeout
+from redisopt.fencing import FENCED_WRITE_LUA
 
-__all__ = ["FencedResource", "Lock", "LockStrategy", "lock_capabilities"]
+__all__ = ["Lock", "LockStrategy", "lock_capabilities"]
 
 # --------------------------------------------------------------------------- scripts
 
@@ -58,20 +59,7 @@ end
 return 0
 """
 
-# KEYS[1] the resource's value, KEYS[2] the highest fencing token it has accepted;
-# ARGV[1] the writer's fencing token, ARGV[2] the value.
-# Returns {1, token} when written, {0, highest} when the token is older than one already seen.
-FENCED_WRITE_LUA = """
-local highest = tonumber(redis.call('GET', KEYS[2]) or '0')
-local token = tonumber(ARGV[1])
-if token < highest then
-  return {0, highest}
-end
-redis.call('SET', KEYS[2], ARGV[1])
-redis.call('SET', KEYS[1], ARGV[2])
-return {1, token}
-"""
-
+# Loaded by the first Lock on a server; the fenced resource's script rides along (same round trip).
 SCRIPTS = (ACQUIRE_LUA, RELEASE_LUA, EXTEND_LUA, FENCED_WRITE_LUA)
 
 # --------------------------------------------------------------------------- what the server offers
@@ -265,22 +253,34 @@ class Lock:
                             "release": client.register_script(RELEASE_LUA),
                             "extend": client.register_script(EXTEND_LUA)}
 
-    def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with equal jitter: half the step fixed, half random (no herd)."""
-        step = min(self.max_sleep, self.sleep * 2 ** min(attempt, 30))
-        return step / 2 + random.uniform(0, step / 2)
+    def _begin(self, timeout: float | None) -> tuple[str, float | None]:
+        """Checks before an acquire: a fresh random token and the deadline (None: no limit)."""
+        _check_timeout(timeout)
+        if self.token is not None:
+            raise LockError(f"lock {self.name!r} is already held by this Lock object (not reentrant)",
+                            name=self.name)
+        self.attempts = 0
+        return secrets.token_hex(16), None if timeout is None else time.monotonic() + timeout
+
+    def _next_pause(self, deadline: float | None, timeout: float | None) -> float:
+        """How long to wait before the next attempt: exponential backoff with equal jitter (half
+        the step fixed, half random, so waiters do not retry in step), cut to the deadline;
+        LockTimeout once the deadline has passed."""
+        step = min(self.max_sleep, self.sleep * 2 ** min(self.attempts - 1, 30))
+        pause = step / 2 + random.uniform(0, step / 2)
+        if deadline is None:
+            return pause
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise LockTimeout(f"lock {self.name!r} is held by another client; gave up after "
+                              f"{timeout} s ({self.attempts} attempts)", name=self.name)
+        return min(pause, left)
 
     # ----- public API
 
     def acquire(self, timeout: float | None = None) -> int:
         """Take the lock and return its fencing token; LockTimeout when ``timeout`` runs out first."""
-        _check_timeout(timeout)
-        if self.token is not None:
-            raise LockError(f"lock {self.name!r} is already held by this Lock object (not reentrant)",
-                            name=self.name)
-        token = secrets.token_hex(16)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        self.attempts = 0
+        token, deadline = self._begin(timeout)
         while True:
             self.attempts += 1
             fence = self.do_acquire(token)
@@ -290,14 +290,7 @@ class Lock:
                     self._renewer = _Renewer(self)
                     self._renewer.start()
                 return fence
-            pause = self._backoff(self.attempts - 1)
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise LockTimeout(f"lock {self.name!r} is held by another client; gave up after "
-                                      f"{timeout} s ({self.attempts} attempts)", name=self.name)
-                pause = min(pause, left)
-            time.sleep(pause)
+            time.sleep(self._next_pause(deadline, timeout))
 
     def release(self) -> None:
         """Free the lock if it is still ours; LockNotOwnedError if it expired or never was ours."""
@@ -345,19 +338,34 @@ class Lock:
 
     # ----- one round trip each: the hooks a chapter (or the async twin) replaces
 
+    def _call(self, step: str, token: str, ttl_ms: int | None = None) -> tuple[Script | None, tuple[Any, ...]]:
+        """What one step sends: ``(script, (keys, args))`` for Lua, ``(None, command)`` for native."""
+        if step == "acquire":
+            return self._scripts["acquire"], ([self.key, self.fencing_key], [token, _ms(self.ttl)])
+        if step == "release":
+            if self.strategy.release == "lua":
+                return self._scripts["release"], ([self.key], [token])
+            return None, release_command(self.strategy, self.key, token)
+        if self.strategy.extend == "lua":
+            return self._scripts["extend"], ([self.key], [token, ttl_ms])
+        return None, extend_command(self.key, token, ttl_ms)  # type: ignore[arg-type]
+
+    def _send(self, step: str, token: str, ttl_ms: int | None = None) -> Any:
+        script, call = self._call(step, token, ttl_ms)
+        if script is not None:
+            return script(keys=call[0], args=call[1], client=self.client)
+        return self.client.execute_command(*call)
+
     def do_acquire(self, token: str) -> int:
-        return int(self._scripts["acquire"](keys=[self.key, self.fencing_key], args=[token, _ms(self.ttl)],
-                                            client=self.client))
+        """The fencing token (>= 1), or 0 while someone else holds the lock."""
+        return int(self._send("acquire", token))
 
     def do_release(self, token: str) -> bool:
-        if self.strategy.release == "lua":
-            return bool(self._scripts["release"](keys=[self.key], args=[token], client=self.client))
-        return bool(self.client.execute_command(*release_command(self.strategy, self.key, token)))
+        return bool(self._send("release", token))  # 1/0 from DEL, DELIFEQ, DELEX alike
 
     def do_extend(self, token: str, ttl_ms: int) -> bool:
-        if self.strategy.extend == "lua":
-            return bool(self._scripts["extend"](keys=[self.key], args=[token, ttl_ms], client=self.client))
-        return self.client.execute_command(*extend_command(self.key, token, ttl_ms)) is not None
+        reply = self._send("extend", token, ttl_ms)
+        return reply is not None and reply != 0  # SET IFEQ: OK or nil; the script: 1 or 0
 
 
 class _Renewer:
@@ -399,59 +407,3 @@ class _Renewer:
         if self.thread is not threading.current_thread():
             self.thread.join()
         return self.error
-
-
-# --------------------------------------------------------------------------- a fenced resource
-
-
-class FencedResource:
-    """A value that only accepts writes carrying a fencing token at least as new as any it has seen.
-
-    The storage side of fencing: once the holder with token 34 has written, a paused holder whose
-    lock expired (token 33) is refused with StaleTokenError instead of overwriting newer data.
-    """
-
-    _script: ClassVar[Script | None] = None
-
-    def __init__(self, client: redis.Redis, name: str) -> None:
-        self.client = client
-        self.name = name
-        lock_capabilities(client)  # loads the script with the lock's (once per pool)
-        if FencedResource._script is None:
-            FencedResource._script = client.register_script(FENCED_WRITE_LUA)
-
-    @property
-    def key(self) -> str:
-        return self.name
-
-    @property
-    def highest_key(self) -> str:
-        return f"{self.name}:highest_token"
-
-    def write(self, value: Any, token: int) -> None:
-        """Store ``value`` if ``token`` is not older than any accepted one, else StaleTokenError.
-
-        No ``pipeline=``: whether the write was refused is the reply, and it must raise here.
-        """
-        if isinstance(token, bool) or not isinstance(token, int) or token < 1:
-            raise ValueError(f"fencing token must be an int >= 1, not {token!r}")
-        reply = self.do_write(value, token)
-        self._outcome(reply, token)
-
-    def _outcome(self, reply: Any, token: int) -> None:
-        accepted, highest = int(reply[0]), int(reply[1])
-        if not accepted:
-            raise StaleTokenError(f"write to {self.name!r} refused: fencing token {token} is older than "
-                                  f"{highest}, already accepted (a lock holder that expired)",
-                                  name=self.name, token=token, highest=highest)
-
-    def do_write(self, value: Any, token: int) -> Any:
-        assert self._script is not None
-        return self._script(keys=[self.key, self.highest_key], args=[token, value], client=self.client)
-
-    def read(self) -> Any:
-        return self.client.get(self.key)
-
-    def highest(self) -> int:
-        """The newest fencing token accepted so far (0: none)."""
-        return int(self.client.get(self.highest_key) or 0)
