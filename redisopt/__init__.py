@@ -50,7 +50,7 @@ from redisopt.netem import LatencyProxy, RttReport
 from redisopt.queue import ArticleQueueUpdate, RequestTable, WorkQueue
 from redisopt.records import LAYOUTS, USER_FIELDS, RecordStore, has_command, resp_bulk_size, sample_users
 from redisopt.server import Server, connect, default_server, start_server
-from redisopt.txn import Counter, TxnResult, article_watch_add, transact
+from redisopt.txn import Counter, TxnResult, article_watch_add, exec_replies, sequence_gaps, transact
 
 # Hangul is double-width in a terminal font: let pandas pad tables so Korean columns line up.
 _pd.set_option("display.unicode.east_asian_width", True)
@@ -98,6 +98,7 @@ __all__ = [
     "embstr_max_value",
     "encoding_zoo",
     "encodings",
+    "exec_replies",
     "has_command",
     "measure",
     "membership_cases",
@@ -107,6 +108,7 @@ __all__ = [
     "resp_bulk_size",
     "sample_users",
     "scan_keys",
+    "sequence_gaps",
     "speedup",
     "start_server",
     "summarize",

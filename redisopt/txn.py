@@ -31,7 +31,7 @@ from redis.commands.core import Script
 
 from redisopt.errors import RetryLimitExceeded
 
-__all__ = ["MAX_RETRIES", "Counter", "TxnResult", "article_watch_add", "transact"]
+__all__ = ["MAX_RETRIES", "Counter", "TxnResult", "article_watch_add", "exec_replies", "sequence_gaps", "transact"]
 
 MAX_RETRIES = 100
 
@@ -189,3 +189,24 @@ def article_watch_add(client: redis.Redis, key: str, amount: int = 1) -> int:
             return current + amount
         except redis.WatchError:  # never raised: the EXEC connection watched nothing
             continue
+
+
+def exec_replies(client: redis.Redis, build: Callable[[Pipeline], Any], *, transaction: bool = True) -> list[Any]:
+    """Send what ``build(pipe)`` queues as one pipeline (MULTI/EXEC if ``transaction``); every reply.
+
+    Errors come back as exception objects in their place instead of being raised, which shows
+    that EXEC does not roll back: a command that fails at run time (WRONGTYPE) fails alone, and
+    the writes before and after it stay.
+    """
+    with client.pipeline(transaction=transaction) as pipe:
+        build(pipe)
+        return pipe.execute(raise_on_error=False)
+
+
+def sequence_gaps(values: list[int]) -> int:
+    """How many times a run of INCR replies jumps by more than 1: other clients' commands in between.
+
+    A plain pipeline is not isolated, so concurrent INCRs land between its commands (gaps > 0);
+    MULTI/EXEC runs its block with nothing interleaved (gaps == 0).
+    """
+    return sum(1 for a, b in zip(values, values[1:], strict=False) if b != a + 1)

@@ -11,7 +11,7 @@ import redis
 
 import redisopt
 from redisopt.servers import UrlServer
-from redisopt.txn import Counter, TxnResult, article_watch_add, transact
+from redisopt.txn import Counter, TxnResult, article_watch_add, exec_replies, sequence_gaps, transact
 
 THREADS = 8
 UPDATES = 100
@@ -207,3 +207,45 @@ def test_everything_passes_the_guard_of_a_url_server(url_client: redis.Redis, ks
     assert article_watch_add(url_client, guarded.key) == 8
     with pytest.raises(redisopt.DestructiveCommandError):
         url_client.flushall()
+
+
+def test_exec_does_not_roll_back_a_failed_command(r: redis.Redis, ks: redisopt.KeySpace) -> None:
+    def build(pipe: redis.client.Pipeline) -> None:
+        pipe.set(ks.key("a"), "string")
+        pipe.lpush(ks.key("a"), "x")  # WRONGTYPE, found only when EXEC runs it
+        pipe.set(ks.key("b"), "after")
+
+    replies = exec_replies(r, build)
+    assert replies[0] is True and replies[2] is True
+    assert isinstance(replies[1], redis.exceptions.ResponseError) and "WRONGTYPE" in str(replies[1])
+    assert (r.get(ks.key("a")), r.get(ks.key("b"))) == ("string", "after")  # nothing undone
+
+
+def test_a_pipeline_interleaves_with_other_clients_multi_exec_does_not(server: redisopt.Server,
+                                                                        r: redis.Redis,
+                                                                        ks: redisopt.KeySpace) -> None:
+    key, stop = ks.key("seq"), threading.Event()
+    other = server.client()
+
+    def writer() -> None:
+        while not stop.is_set():
+            other.incr(key)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        gaps = {}
+        for transaction in (True, False):
+            found = 0
+            for _ in range(20):  # a few tries: the writer must get its commands in between
+                found = sequence_gaps(exec_replies(r, lambda p: [p.incr(key) for _ in range(20_000)],
+                                                   transaction=transaction))
+                if found or transaction:
+                    break
+            gaps[transaction] = found
+    finally:
+        stop.set()
+        thread.join()
+        other.close()
+    assert gaps[True] == 0
+    assert gaps[False] > 0
