@@ -25,6 +25,7 @@ import socket
 import statistics
 import threading
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -124,6 +125,7 @@ class _Relay:
             for link in self.links:
                 link.close()
             self.links.clear()
+            self._by_src.clear()
             for sock in (self.listener, self._wake_r, self._wake_w):
                 sock.close()
 
@@ -264,6 +266,7 @@ class LatencyProxy:
         self._thread = threading.Thread(target=self._relay.run, name=f"redisopt-latency-proxy-{self.port}",
                                         daemon=True)
         self._thread.start()
+        weakref.finalize(self, self._relay.stop)  # a proxy nobody holds any more stops its thread
         return self
 
     def stop(self) -> None:

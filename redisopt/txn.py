@@ -91,11 +91,16 @@ def transact(
                 pipe.reset()
                 if retries < max_retries:
                     time.sleep(retry_delay(backoff, retries))
-    raise RetryLimitExceeded(
-        f"optimistic update of {', '.join(watches)} gave up after {max_retries + 1} attempts: every "
-        "EXEC was refused because another client changed a watched key first. Raise max_retries, add "
+    raise retry_limit_error(watches, max_retries + 1)
+
+
+def retry_limit_error(watches: tuple[str, ...], attempts: int) -> RetryLimitExceeded:
+    """The error after the last refused EXEC (shared with an async twin)."""
+    return RetryLimitExceeded(
+        f"optimistic update of {', '.join(watches)} gave up after {attempts} attempts: every EXEC "
+        "was refused because another client changed a watched key first. Raise max_retries, add "
         "backoff, or do the update in one Lua script (no retries at all)",
-        keys=tuple(watches), attempts=max_retries + 1,
+        keys=tuple(watches), attempts=attempts,
     )
 
 

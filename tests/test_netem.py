@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import threading
@@ -184,3 +185,19 @@ def test_a_bad_rtt_is_refused(server: redisopt.Server, rtt: object) -> None:
 def test_a_client_needs_a_running_proxy(server: redisopt.Server) -> None:
     with pytest.raises(RuntimeError, match="start the latency proxy"):
         LatencyProxy(server, 1).client()
+
+
+def test_a_proxy_nobody_holds_stops_its_thread(server: redisopt.Server) -> None:
+    proxy = LatencyProxy(server, 1).start()
+    client = proxy.client()
+    client.ping()
+    del proxy
+    gc.collect()
+    assert len(_proxy_threads()) == 1  # its client keeps it alive
+    client.close()
+    del client
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while _proxy_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _proxy_threads() == []
