@@ -1,4 +1,4 @@
-"""A latency proxy: a TCP relay on loopback that adds a chosen round-trip time (2장 2.4).
+"""A latency proxy: a TCP relay on loopback that adds a chosen round-trip time (2장).
 
 Loopback answers in ~50 µs, so every round trip looks free; a real network charges 0.1–10 ms per
 round trip, which is what pipelines and variadic commands save. The proxy sits between a client and
