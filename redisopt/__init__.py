@@ -50,7 +50,7 @@ from redisopt.netem import LatencyProxy, RttReport
 from redisopt.queue import ArticleQueueUpdate, RequestTable, WorkQueue
 from redisopt.records import LAYOUTS, USER_FIELDS, RecordStore, has_command, resp_bulk_size, sample_users
 from redisopt.server import Server, connect, default_server, start_server
-from redisopt.txn import Counter, TxnResult, article_watch_add, exec_replies, sequence_gaps, transact
+from redisopt.txn import SharedCounter, TxnResult, article_watch_add, exec_replies, sequence_gaps, transact
 
 # Hangul is double-width in a terminal font: let pandas pad tables so Korean columns line up.
 _pd.set_option("display.unicode.east_asian_width", True)
@@ -63,7 +63,7 @@ __all__ = [
     "WorkQueue",
     "get_codec",
     "ConfigError",
-    "Counter",
+    "SharedCounter",
     "DestructiveCommandError",
     "FencedResource",
     "KeySpace",

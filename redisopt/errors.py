@@ -53,6 +53,7 @@ class StaleTokenError(LockError):
         self.token = token
         self.highest = highest
 
+
 class EncodeError(RedisoptError, TypeError):
     """A codec cannot represent a value; ``type_name`` and ``path`` say which one, ``index`` which item."""
 

@@ -31,7 +31,9 @@ from redis.commands.core import Script
 
 from redisopt.errors import RetryLimitExceeded
 
-__all__ = ["MAX_RETRIES", "Counter", "TxnResult", "article_watch_add", "exec_replies", "sequence_gaps", "transact"]
+__all__ = [
+    "MAX_RETRIES", "SharedCounter", "TxnResult", "article_watch_add", "exec_replies", "sequence_gaps", "transact",
+]
 
 MAX_RETRIES = 100
 
@@ -40,7 +42,7 @@ MAX_RETRIES = 100
 class TxnResult:
     """What an optimistic update returned, and how many times it had to start over."""
 
-    value: Any  # what the update function returned (the new value, for Counter)
+    value: Any  # what the update function returned (the new value, for SharedCounter)
     retries: int  # EXECs refused because a watched key changed (0 = first try went through)
     replies: list[Any] = field(default_factory=list)  # EXEC's replies
 
@@ -104,7 +106,7 @@ def retry_limit_error(watches: tuple[str, ...], attempts: int) -> RetryLimitExce
     )
 
 
-class Counter:
+class SharedCounter:
     """A plain GET/SET counter updated by read-modify-write: racy, with WATCH, or in one Lua script.
 
     The update is deliberately computed by the client (read, add in Python, write back): it stands
@@ -124,8 +126,8 @@ return value
 
     def __init__(self, client: redis.Redis, key: str) -> None:
         self.client, self.key = client, key
-        if Counter._script is None:
-            Counter._script = client.register_script(self.ADD_LUA)
+        if SharedCounter._script is None:
+            SharedCounter._script = client.register_script(self.ADD_LUA)
 
     def read(self) -> int:
         return int(self.client.get(self.key) or 0)
@@ -154,16 +156,16 @@ return value
     def add_scripted(self, amount: int = 1) -> TxnResult:
         """The same update as one Lua script: atomic in the server, so never a retry.
 
-        Takes no ``pipeline=``; queue ``Counter._script`` on a pipeline directly if needed.
+        Takes no ``pipeline=``; queue ``SharedCounter._script`` on a pipeline directly if needed.
         """
         return TxnResult(value=self.do_add_scripted(amount), retries=0)
 
     def do_add_scripted(self, amount: int) -> int:
-        assert Counter._script is not None
-        return int(Counter._script(keys=[self.key], args=[int(amount)], client=self.client))
+        assert SharedCounter._script is not None
+        return int(SharedCounter._script(keys=[self.key], args=[int(amount)], client=self.client))
 
     def __repr__(self) -> str:
-        return f"Counter({self.key!r})"
+        return f"SharedCounter({self.key!r})"
 
 
 def article_watch_add(client: redis.Redis, key: str, amount: int = 1) -> int:
@@ -181,7 +183,7 @@ def article_watch_add(client: redis.Redis, key: str, amount: int = 1) -> int:
       fires, so the retry loop is dead code that makes the function look safe.
     * ``while True``: were it ever to fire, nothing bounds or reports the retries.
 
-    The fix is ``Counter.add_watched`` (``transact``): one connection, bounded, retries reported.
+    The fix is ``SharedCounter.add_watched`` (``transact``): one connection, bounded, retries reported.
     """
     while True:  # mistake: unbounded, and retries are neither counted nor reported
         try:

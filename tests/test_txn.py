@@ -11,7 +11,7 @@ import redis
 
 import redisopt
 from redisopt.servers import UrlServer
-from redisopt.txn import Counter, TxnResult, article_watch_add, exec_replies, sequence_gaps, transact
+from redisopt.txn import SharedCounter, TxnResult, article_watch_add, exec_replies, sequence_gaps, transact
 
 THREADS = 8
 UPDATES = 100
@@ -45,8 +45,8 @@ def _hammer(update: Callable[[], Any], threads: int = THREADS, updates: int = UP
 
 
 @pytest.fixture
-def counter(r: redis.Redis, ks: redisopt.KeySpace) -> Counter:
-    return Counter(r, ks.key("counter"))
+def counter(r: redis.Redis, ks: redisopt.KeySpace) -> SharedCounter:
+    return SharedCounter(r, ks.key("counter"))
 
 
 @pytest.fixture
@@ -57,14 +57,14 @@ def url_client(server: redisopt.Server) -> Iterator[redis.Redis]:
     client.close()
 
 
-def test_watched_updates_end_exact_and_report_their_retries(counter: Counter) -> None:
+def test_watched_updates_end_exact_and_report_their_retries(counter: SharedCounter) -> None:
     results: list[TxnResult] = _hammer(counter.add_watched)
     assert counter.read() == THREADS * UPDATES
     assert sorted(res.value for res in results) == list(range(1, THREADS * UPDATES + 1))  # each won once
     assert sum(res.retries for res in results) > 0  # there was contention, and it was reported
 
 
-def test_the_lua_update_ends_exact_without_a_retry(counter: Counter) -> None:
+def test_the_lua_update_ends_exact_without_a_retry(counter: SharedCounter) -> None:
     results: list[TxnResult] = _hammer(counter.add_scripted)
     assert counter.read() == THREADS * UPDATES
     assert sorted(res.value for res in results) == list(range(1, THREADS * UPDATES + 1))
@@ -80,12 +80,12 @@ def test_the_articles_watch_loses_updates_and_the_fix_does_not(r: redis.Redis, k
     _hammer(lambda: article_watch_add(r, key))
     lost = THREADS * UPDATES - int(r.get(key))
     assert lost > 0, "the article's WATCH guarded nothing, yet no update was lost"
-    fixed = Counter(r, ks.key("fixed"))
+    fixed = SharedCounter(r, ks.key("fixed"))
     _hammer(fixed.add_watched)
     assert fixed.read() == THREADS * UPDATES
 
 
-def test_plain_read_modify_write_loses_updates(counter: Counter) -> None:
+def test_plain_read_modify_write_loses_updates(counter: SharedCounter) -> None:
     _hammer(counter.add_racy)
     assert counter.read() < THREADS * UPDATES
 
@@ -162,7 +162,7 @@ def test_retries_are_bounded_and_the_error_says_so(r: redis.Redis, ks: redisopt.
     assert calls == 1
 
 
-def test_one_conflict_is_one_retry(counter: Counter, r: redis.Redis) -> None:
+def test_one_conflict_is_one_retry(counter: SharedCounter, r: redis.Redis) -> None:
     attempts = 0
 
     def update(pipe: redis.client.Pipeline) -> int:
@@ -179,7 +179,7 @@ def test_one_conflict_is_one_retry(counter: Counter, r: redis.Redis) -> None:
 
 @pytest.mark.parametrize("bad", [{"max_retries": -1}, {"max_retries": None}, {"max_retries": True},
                                  {"max_retries": 1.5}, {"backoff": -0.1}, {"backoff": float("nan")}])
-def test_bad_retry_settings_are_refused_before_anything_is_sent(counter: Counter, r: redis.Redis,
+def test_bad_retry_settings_are_refused_before_anything_is_sent(counter: SharedCounter, r: redis.Redis,
                                                                  bad: dict[str, Any]) -> None:
     with redisopt.count_round_trips(r) as counted, pytest.raises(ValueError):
         counter.add_watched(**bad)
@@ -188,7 +188,7 @@ def test_bad_retry_settings_are_refused_before_anything_is_sent(counter: Counter
         transact(r, lambda pipe: None)
 
 
-def test_round_trips_watch_three_lua_one(counter: Counter, r: redis.Redis) -> None:
+def test_round_trips_watch_three_lua_one(counter: SharedCounter, r: redis.Redis) -> None:
     counter.add_scripted()  # loads the script (NOSCRIPT + SCRIPT LOAD) outside the count
     with redisopt.count_round_trips(r) as watched:
         counter.add_watched()
@@ -201,7 +201,7 @@ def test_round_trips_watch_three_lua_one(counter: Counter, r: redis.Redis) -> No
 
 @pytest.mark.filterwarnings("ignore:Call WATCH from a Pipeline")
 def test_everything_passes_the_guard_of_a_url_server(url_client: redis.Redis, ks: redisopt.KeySpace) -> None:
-    guarded = Counter(url_client, ks.key("guarded"))
+    guarded = SharedCounter(url_client, ks.key("guarded"))
     assert guarded.add_scripted(5).value == 5
     assert guarded.add_watched(2).value == 7
     assert article_watch_add(url_client, guarded.key) == 8

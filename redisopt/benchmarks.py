@@ -1,0 +1,196 @@
+"""``python -m redisopt.benchmarks [--json] [--quick]``: the speed goals, as ratios measured in one run.
+
+Tests never assert wall-clock speed; this script does the measuring instead, against a private
+server it starts (benchmarks hammer a server, so never the REDIS_URL one). Every figure is the best
+of a few repeats, and every comparison is made in the same run on the same server, so the ratios
+hold even where the absolute numbers move with the machine.
+
+Goals (issue 6): ``enqueue_many`` ≥ 1.5 × ``redis-benchmark -P 100 -t rpush`` and ≥ 0.9 × a
+hand-written variadic RPUSH; an uncontended lock costs 2 round trips; a pipeline through a 1 ms
+proxy is ≥ 100 × faster than one command per round trip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from redisopt.bench import count_round_trips
+from redisopt.bulk import CHUNK, chunked
+from redisopt.codecs import get_codec
+from redisopt.lock import Lock
+from redisopt.netem import LatencyProxy
+from redisopt.queue import WorkQueue
+from redisopt.server import start_server
+from redisopt.servers import Server
+
+PREFIX = "redisopt:bench"
+
+
+def best_of(fn: Callable[[], Any], repeat: int = 3, setup: Callable[[], Any] | None = None) -> float:
+    """The fastest of ``repeat`` timed calls, in seconds (noise only ever adds time)."""
+    times = []
+    for _ in range(repeat):
+        if setup is not None:
+            setup()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def enqueue(client: redis.Redis, items: list[Any], codec: str = "orjson") -> dict[str, float]:
+    """WorkQueue.put_many against a hand-written variadic RPUSH of the same encoded items."""
+    key = f"{PREFIX}:raw"
+    queue = WorkQueue(client, "bench", codec)
+    dumps = get_codec(codec).encode
+
+    def raw() -> None:  # what a careful engineer writes by hand: encode a chunk, send it
+        for part in chunked(items, CHUNK):
+            client.rpush(key, *[dumps(item) for item in part])
+
+    def clear() -> None:
+        client.unlink(key, queue.key)
+
+    raw_s = best_of(raw, setup=clear)
+    helper_s = best_of(lambda: queue.put_many(items), setup=clear)
+    clear()
+    return {"enqueue_many_items_per_s": len(items) / helper_s, "raw_variadic_items_per_s": len(items) / raw_s}
+
+
+def redis_benchmark_rpush(server: Server, requests: int) -> tuple[float | None, str]:
+    """``redis-benchmark -P 100 -t rpush`` against the same server: the physical limit here."""
+    tool = shutil.which("redis-benchmark") or shutil.which("valkey-benchmark")
+    if tool is None:
+        return None, "redis-benchmark is not on PATH (Debian: apt-get install redis-tools)"
+    # redis-benchmark ignores REDISCLI_AUTH: the password of this throwaway private server goes on
+    # its command line (visible to this user and root only, for the few seconds it runs).
+    command = [tool, "-h", server.host, "-p", str(server.port), "-a", server.password or "", "-P", "100",
+               "-t", "rpush", "-n", str(requests), "-q", "--csv"]
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, f"{tool} did not run: {exc}"
+    match = re.search(r'"RPUSH[^"]*","([\d.]+)"', out)
+    if not match:
+        return None, f"{tool} printed no RPUSH rate: {out.strip()[:200]!r}"
+    return float(match.group(1)), os.path.basename(tool)
+
+
+def speedups(client: redis.Redis, n: int) -> dict[str, float]:
+    """One SET per round trip vs one pipeline of them vs one variadic MSET, ``n`` keys."""
+    keys = [f"{PREFIX}:k:{i}" for i in range(n)]
+
+    def single() -> None:
+        for key in keys:
+            client.set(key, "v")
+
+    def pipelined() -> None:
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.set(key, "v")
+        pipe.execute()
+
+    def variadic() -> None:
+        client.mset(dict.fromkeys(keys, "v"))
+
+    client.ping()  # connect outside the timing
+    single_s = best_of(single)
+    result = {"pipeline": single_s / best_of(pipelined), "variadic": single_s / best_of(variadic)}
+    client.unlink(*keys)
+    return result
+
+
+def lock_figures(client: redis.Redis, n: int) -> dict[str, Any]:
+    lock = Lock(client, f"{PREFIX}:lock", ttl=10.0)
+    lock.acquire()
+    lock.release()  # the first use loads the scripts and detects the server's commands
+    with count_round_trips(client) as rt:
+        lock.acquire()
+        lock.release()
+
+    def cycle() -> None:
+        for _ in range(n):
+            lock.acquire()
+            lock.release()
+
+    client.unlink(lock.key, lock.fencing_key)
+    return {"lock_round_trips": rt.round_trips, "lock_acquire_release_per_s": n / best_of(cycle),
+            "lock_strategy": str(lock.strategy)}
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Every figure, on a private server started for the purpose and stopped at the end."""
+    scale = 10 if quick else 1
+    server = start_server()
+    client = server.client()
+    try:
+        items = [{"id": i, "kind": "job", "tries": 0} for i in range(200_000 // scale)]
+        result: dict[str, Any] = enqueue(client, items)
+        rate, how = redis_benchmark_rpush(server, 1_000_000 // scale)
+        result["redis_benchmark_rpush_p100_per_s"] = rate
+        result["redis_benchmark_note"] = how
+        loopback = speedups(client, 2_000 // scale)
+        with LatencyProxy(server, rtt_ms=1.0) as proxy:
+            slow = proxy.client()
+            try:
+                proxied = speedups(slow, max(200 // scale, 20))
+                result["proxy_1ms_measured_rtt_ms"] = proxy.measure_rtt(samples=21).proxied_ms
+            finally:
+                slow.close()
+        result["pipeline_speedup"] = {"loopback": loopback["pipeline"], "proxy_1ms": proxied["pipeline"]}
+        result["variadic_speedup"] = {"loopback": loopback["variadic"], "proxy_1ms": proxied["variadic"]}
+        result.update(lock_figures(client, 2_000 // scale))
+        if rate:
+            result["enqueue_vs_redis_benchmark"] = result["enqueue_many_items_per_s"] / rate
+        result["enqueue_vs_raw_variadic"] = result["enqueue_many_items_per_s"] / result["raw_variadic_items_per_s"]
+        result["ran_on"] = {
+            "server": server.name, "version": server.version, "backend": server.backend,
+            "python": platform.python_version(), "implementation": platform.python_implementation(),
+            "cpu_count": os.cpu_count(), "platform": platform.platform(), "quick": quick,
+        }
+        return result
+    finally:
+        client.close()
+        server.stop()
+
+
+def table(result: dict[str, Any]) -> str:
+    """The figures as aligned text for a terminal."""
+    lines = []
+    for name, value in result.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+        lines.append(f"{name:<36} {_fmt(value)}")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.0f}" if value >= 1000 else f"{value:.3g}"
+    return str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m redisopt.benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--quick", action="store_true", help="a tenth of the work (for a smoke test)")
+    args = parser.parse_args(argv)
+    result = run(quick=args.quick)
+    print(json.dumps(result, indent=2) if args.json else table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
