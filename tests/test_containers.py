@@ -72,8 +72,12 @@ sys.addaudithook(_loopback_only)
 
 
 def _containers() -> set[str]:
-    """Names of all containers on the engine, running or not."""
-    return {c.name for c in ENGINE.containers.list(all=True)}  # type: ignore[attr-defined]
+    """Names of all containers on the engine, running or not.
+
+    One list call: docker-py's ``containers.list`` inspects each container afterwards, and one
+    removed in between (our reaper at work) makes it raise NotFound.
+    """
+    return {name.lstrip("/") for c in ENGINE.api.containers(all=True) for name in c["Names"]}  # type: ignore[attr-defined]
 
 
 def _new_since(before: set[str], timeout: float = 0.0) -> list[str]:
