@@ -128,14 +128,7 @@ class StandardCodec:
                 return [dumps(x) for x in items]
             except (TypeError, ValueError, OverflowError):
                 pass  # fall through: encode one by one to find which item failed
-        out = []
-        for i, x in enumerate(items):
-            try:
-                out.append(self.encode(x))
-            except EncodeError as exc:
-                exc.index = i
-                raise
-        return out
+        return _one_by_one(self.encode, items)
 
     def decode(self, data: bytes | str) -> Any:
         if isinstance(data, bytes) and data[:1] == MARKER:
@@ -157,10 +150,15 @@ def encode_many(codec: Codec, items: list[Any]) -> list[bytes]:
     fast = getattr(codec, "encode_many", None)
     if fast is not None:
         return fast(items)
+    return _one_by_one(codec.encode, items)
+
+
+def _one_by_one(encode: Callable[[Any], bytes], items: list[Any]) -> list[bytes]:
+    """Encode item by item, so an EncodeError can say which item (``index``) failed."""
     out = []
     for i, x in enumerate(items):
         try:
-            out.append(codec.encode(x))
+            out.append(encode(x))
         except EncodeError as exc:
             exc.index = i
             raise
