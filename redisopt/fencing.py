@@ -14,6 +14,7 @@ import redis
 from redis.commands.core import Script
 
 from redisopt.errors import StaleTokenError
+from redisopt.scripts import unbound_script
 
 __all__ = ["FENCED_WRITE_LUA", "FencedResource"]
 
@@ -46,7 +47,7 @@ class FencedResource:
         self.client = client
         self.name = name
         if FencedResource._script is None:
-            FencedResource._script = client.register_script(FENCED_WRITE_LUA)
+            FencedResource._script = unbound_script(FENCED_WRITE_LUA)
 
     @property
     def key(self) -> str:

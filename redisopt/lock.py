@@ -28,6 +28,7 @@ from redis.commands.core import Script
 
 from redisopt.errors import ConfigError, LockError, LockNotOwnedError, LockTimeout
 from redisopt.fencing import FENCED_WRITE_LUA
+from redisopt.scripts import unbound_script
 
 __all__ = ["Lock", "LockStrategy", "lock_capabilities"]
 
@@ -249,9 +250,9 @@ class Lock:
     @classmethod
     def _register(cls, client: redis.Redis) -> None:
         if not cls._scripts:
-            cls._scripts = {"acquire": client.register_script(ACQUIRE_LUA),
-                            "release": client.register_script(RELEASE_LUA),
-                            "extend": client.register_script(EXTEND_LUA)}
+            cls._scripts = {"acquire": unbound_script(ACQUIRE_LUA),
+                            "release": unbound_script(RELEASE_LUA),
+                            "extend": unbound_script(EXTEND_LUA)}
 
     def _begin(self, timeout: float | None) -> tuple[str, float | None]:
         """Checks before an acquire: a fresh random token and the deadline (None: no limit)."""

@@ -25,6 +25,7 @@ from redis.client import NEVER_DECODE
 from redisopt.codecs import Codec, encode_many, get_codec, json_dumps
 from redisopt.errors import EncodeError
 from redisopt.keyspace import WORKBOOK, KeySpace
+from redisopt.scripts import unbound_script
 
 CHUNK = 1_000  # values per RPUSH: amortises the command, keeps each reply and buffer small
 # RPUSH commands per round trip when put_many runs its own pipeline. A trade-off, measured for 200 k
@@ -216,7 +217,7 @@ return 0
     def __init__(self, client: redis.Redis, key: str) -> None:
         self.client, self.key = client, key
         if type(self)._script is None:
-            type(self)._script = client.register_script(self.LUA)
+            type(self)._script = unbound_script(self.LUA)
 
     def update(self, idx: int, request: Mapping[str, Any]) -> bool:
         """Replace the request whose ``idx`` matches with ``request`` (JSON); False if none matches."""
@@ -247,7 +248,7 @@ return 1
         self.queue_key = queue_key(name, keyspace)
         self.name = name
         if type(self)._script is None:
-            type(self)._script = client.register_script(self.UPDATE_LUA)
+            type(self)._script = unbound_script(self.UPDATE_LUA)
 
     def request_key(self, idx: int | str) -> str:
         return self.space.key("request", self.name, idx)

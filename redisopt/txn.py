@@ -30,6 +30,7 @@ from redis.client import Pipeline
 from redis.commands.core import Script
 
 from redisopt.errors import RetryLimitExceeded
+from redisopt.scripts import unbound_script
 
 __all__ = [
     "MAX_RETRIES", "SharedCounter", "TxnResult", "article_watch_add", "exec_replies", "sequence_gaps", "transact",
@@ -127,7 +128,7 @@ return value
     def __init__(self, client: redis.Redis, key: str) -> None:
         self.client, self.key = client, key
         if SharedCounter._script is None:
-            SharedCounter._script = client.register_script(self.ADD_LUA)
+            SharedCounter._script = unbound_script(self.ADD_LUA)
 
     def read(self) -> int:
         return int(self.client.get(self.key) or 0)
