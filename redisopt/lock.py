@@ -201,6 +201,13 @@ def _not_owned(name: str, action: str, never: bool) -> LockNotOwnedError:
 # --------------------------------------------------------------------------- the lock
 
 
+class _Unset:
+    """The type of ``_UNSET``: "not given", distinct from None ("wait without limit")."""
+
+
+_UNSET = _Unset()
+
+
 class Lock:
     """``Lock(client, name, ttl=10.0)``: ``acquire()`` returns a fencing token or raises LockTimeout.
 
@@ -279,8 +286,13 @@ class Lock:
 
     # ----- public API
 
-    def acquire(self, timeout: float | None = None) -> int:
-        """Take the lock and return its fencing token; LockTimeout when ``timeout`` runs out first."""
+    def acquire(self, timeout: float | None | _Unset = _UNSET) -> int:
+        """Take the lock and return its fencing token; LockTimeout when ``timeout`` runs out first.
+
+        ``timeout`` defaults to the one given to the constructor (None: wait without limit).
+        """
+        if isinstance(timeout, _Unset):
+            timeout = self.timeout
         token, deadline = self._begin(timeout)
         while True:
             self.attempts += 1
@@ -324,7 +336,7 @@ class Lock:
         return (value.decode() if isinstance(value, bytes) else value) == self.token
 
     def __enter__(self) -> int:
-        return self.acquire(self.timeout)
+        return self.acquire()
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         try:

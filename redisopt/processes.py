@@ -97,14 +97,19 @@ class ProcessServer(Server):
         super().__init__("127.0.0.1", 0, secrets.token_urlsafe(24))
         self.workdir = ""
         self.pid = 0
-        for attempt in range(3):
-            try:
-                self._start()
-                break
-            except _PortTaken:
-                if attempt == 2:
-                    raise
-        self.identify()
+        try:
+            for attempt in range(3):
+                try:
+                    self._start()
+                    break
+                except _PortTaken:
+                    if attempt == 2:
+                        raise
+            self.identify()
+        except BaseException:  # a failed start (or Ctrl-C) must not leave its server running
+            if getattr(self, "_finalizer", None) is not None:
+                self.stop()
+            raise
 
     def _start(self) -> None:
         started = time.perf_counter()
@@ -156,7 +161,7 @@ class ProcessServer(Server):
                     raise error(f"{self.executable} exited at start: {log or '(no log)'}")
                 try:
                     answered = int(probe.info("server").get("process_id", 0))
-                except redis.exceptions.ConnectionError:  # not listening yet, or still loading
+                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):  # not listening yet
                     answered = 0
                 if answered == self.pid:
                     return

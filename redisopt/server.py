@@ -71,7 +71,7 @@ def default_server() -> Server:
     with _default_lock:
         if _default is not None and _default_pid != os.getpid():
             _default = None  # forked: reach the parent's server the way any child does
-        if _default is None or (isinstance(_default, ProcessServer) and not _default.running):
+        if _default is None or not _default.running:  # e.g. a killed server: start a new one
             _default = _inherited() or start_first(BACKENDS, None)
             _default_pid = os.getpid()
             if _default.private and not isinstance(_default, InheritedServer):

@@ -146,6 +146,11 @@ class Server:
         password = urllib.parse.quote(self.password or "", safe="")
         return f"redis://:{password}@{self.host}:{self.port}/{self.db}?{query}"
 
+    @property
+    def running(self) -> bool:
+        """False once a server this process started has stopped (servers it did not start: True)."""
+        return True
+
     def stop(self) -> None:
         """Stop a private server; a no-op for a server the user supplied."""
 

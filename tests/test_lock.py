@@ -178,6 +178,17 @@ def test_timeout_semantics(r, ks, strategy) -> None:
         waiter.acquire(-1)
 
 
+def test_acquire_without_an_argument_uses_the_constructors_timeout(r, ks) -> None:
+    holder = redisopt.Lock(r, ks.key("lock"), ttl=10)
+    holder.acquire()
+    waiter = redisopt.Lock(r, ks.key("lock"), ttl=10, timeout=0.2)
+    started = time.monotonic()
+    with pytest.raises(redisopt.LockTimeout):
+        waiter.acquire()  # before the fix: None, which waited without limit
+    assert time.monotonic() - started >= 0.2
+    holder.release()
+
+
 def test_acquire_twice_on_one_object_is_an_error(r, ks) -> None:
     lock = redisopt.Lock(r, ks.key("lock"), ttl=5)
     lock.acquire(0)
