@@ -26,17 +26,12 @@ class Tap:
     ``guard`` is None for a private server: nothing is refused and nothing extra is done.
     """
 
-    def __init__(self, guard: Guard | str | None = None) -> None:
+    def __init__(self, guard: Guard | None = None) -> None:
         self.round_trips = 0
         self.commands = 0
         self.connects = 0
-        self.guard = Guard(guard) if isinstance(guard, str) else guard
+        self.guard = guard
         self._lock = threading.Lock()
-
-    @property
-    def guard_label(self) -> str | None:
-        """The user's server as refusals name it; None when nothing is refused."""
-        return self.guard.label if self.guard is not None else None
 
     def add(self, round_trips: int = 0, commands: int = 0, connects: int = 0) -> None:
         with self._lock:

@@ -74,3 +74,14 @@ class RetryLimitExceeded(RedisoptError):
         super().__init__(message)
         self.keys = keys
         self.attempts = attempts
+
+
+def check_timeout(timeout: float | None) -> float | None:
+    """Python's timeout convention, checked once for every blocking call (queue, lock, …).
+
+    None waits without limit, 0 does not wait, t > 0 waits up to t seconds; anything else
+    (negative, NaN — ``not >=`` refuses it too) is a ValueError naming the value.
+    """
+    if timeout is not None and not timeout >= 0:
+        raise ValueError(f"timeout must be None (wait without limit), 0 (do not wait) or > 0 seconds, not {timeout!r}")
+    return timeout

@@ -15,6 +15,7 @@ It is a seatbelt against accidents, not a security boundary: ACL users are the r
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import time
@@ -114,6 +115,7 @@ def rules_from_command_table(reply: Iterable[Any]) -> Rules:
     return Rules(refused, frozenset(containers), "the server's COMMAND table")
 
 
+@functools.cache
 def fallback_rules() -> Rules:
     refused = {name: "it administers the server (built-in list)" for name in FALLBACK_REFUSED}
     refused.update(ALSO_REFUSED)

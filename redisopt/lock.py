@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import redis
 from redis.commands.core import Script
 
-from redisopt.errors import ConfigError, LockError, LockNotOwnedError, LockTimeout
+from redisopt.errors import ConfigError, LockError, LockNotOwnedError, LockTimeout, check_timeout
 from redisopt.fencing import FENCED_WRITE_LUA
 from redisopt.scripts import unbound_script
 
@@ -174,12 +174,6 @@ def _check_ttl(ttl: float) -> float:
     return float(ttl)
 
 
-def _check_timeout(timeout: float | None) -> float | None:
-    if timeout is not None and not timeout >= 0:
-        raise ValueError(f"timeout must be None (wait without limit), 0 (do not wait) or > 0, not {timeout!r}")
-    return timeout
-
-
 def release_command(strategy: LockStrategy, key: str, token: str) -> tuple[Any, ...]:
     """The native release command's arguments (DELIFEQ key token / DELEX key IFEQ token)."""
     if strategy.release == "DELIFEQ":
@@ -227,7 +221,7 @@ class Lock:
         self.client = client
         self.name = name
         self.ttl = _check_ttl(ttl)
-        self.timeout = _check_timeout(timeout)
+        self.timeout = check_timeout(timeout)
         if not 0 < sleep <= max_sleep:
             raise ValueError(f"need 0 < sleep <= max_sleep, got sleep={sleep!r}, max_sleep={max_sleep!r}")
         self.sleep, self.max_sleep = sleep, max_sleep
@@ -263,7 +257,7 @@ class Lock:
 
     def _begin(self, timeout: float | None) -> tuple[str, float | None]:
         """Checks before an acquire: a fresh random token and the deadline (None: no limit)."""
-        _check_timeout(timeout)
+        check_timeout(timeout)
         if self.token is not None:
             raise LockError(f"lock {self.name!r} is already held by this Lock object (not reentrant)",
                             name=self.name)

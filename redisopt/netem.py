@@ -102,7 +102,6 @@ class _Relay:
         self.listener, self.upstream, self.half = listener, upstream, half_delay
         self.links: list[_Link] = []
         self._by_src: dict[socket.socket, tuple[_Link, _Pipe]] = {}
-        self.accepted = 0
         self.error: BaseException | None = None
         self._stop = False
         self._wake_r, self._wake_w = socket.socketpair()
@@ -182,7 +181,6 @@ class _Relay:
         self.links.append(link)
         for pipe in link.pipes:
             self._by_src[pipe.src] = (link, pipe)
-        self.accepted += 1
 
     def _receive(self, sock: socket.socket) -> None:
         found = self._by_src.get(sock)

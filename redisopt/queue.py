@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from itertools import islice
 from typing import Any, ClassVar
 
 import redis
 from redis.client import NEVER_DECODE
 
+from redisopt.bulk import CHUNK, chunked  # values per RPUSH: amortises the command, keeps buffers small
 from redisopt.codecs import Codec, encode_many, get_codec, json_dumps
-from redisopt.errors import EncodeError
+from redisopt.errors import EncodeError, check_timeout
 from redisopt.keyspace import WORKBOOK, KeySpace
 from redisopt.scripts import unbound_script
 
-CHUNK = 1_000  # values per RPUSH: amortises the command, keeps each reply and buffer small
 # RPUSH commands per round trip when put_many runs its own pipeline. A trade-off, measured for 200 k
 # orjson items: window 1 → 5.7 k minor page faults, 10 → 44 k (+~70 MB peak RSS), 100 → 202 k (+~780 MB,
 # the codecs trap again); yet at 1 ms RTT each extra round trip costs ~1 µs per item of a 1,000 chunk.
@@ -59,11 +58,6 @@ def wait_slices(timeout: float | None, socket_timeout: float | None) -> Iterator
         if remaining <= 0:
             return
         yield min(longest, max(MIN_SLICE, remaining))
-
-
-def _check_timeout(timeout: float | None) -> None:
-    if timeout is not None and not timeout >= 0:  # `not >=` also refuses NaN
-        raise ValueError(f"timeout must be None (wait forever), 0 (don't wait) or > 0 seconds, not {timeout!r}")
 
 
 class WorkQueue:
@@ -107,19 +101,19 @@ class WorkQueue:
         Caller's pipeline: every item is encoded before the first command joins it, so a bad
         item leaves the caller's pipeline untouched; the caller executes it.
         """
-        it = iter(items)
         if pipeline is not None:
             parts, done = [], 0
-            while batch := list(islice(it, self.chunk)):
+            for batch in chunked(items, self.chunk):
                 parts.append(self._encode(batch, done))
                 done += len(batch)
             for part in parts:
                 self.do_push(part, pipeline)
             return done
         sent = 0
-        while batch := list(islice(it, self.chunk * self.window)):
+        for window in chunked(items, self.chunk * self.window):
             try:
-                parts = [self._encode(batch[i:i + self.chunk], sent + i) for i in range(0, len(batch), self.chunk)]
+                parts = [self._encode(batch, sent + i * self.chunk)
+                         for i, batch in enumerate(chunked(window, self.chunk))]
             except TypeError as exc:
                 exc.sent = sent  # type: ignore[attr-defined]
                 raise
@@ -127,7 +121,7 @@ class WorkQueue:
             for part in parts:
                 self.do_push(part, pipe)
             pipe.execute()
-            sent += len(batch)
+            sent += len(window)
         return sent
 
     def do_push(self, payloads: list[bytes], pipeline: redis.client.Pipeline | None = None) -> None:
@@ -154,7 +148,7 @@ class WorkQueue:
         ``None`` waits without limit, ``0`` does not wait (LPOP), ``t`` waits up to t seconds
         (BLPOP, in slices shorter than the client's socket timeout; never less than t).
         """
-        _check_timeout(timeout)
+        check_timeout(timeout)
         if timeout == 0:
             payload = self.do_pop(None)
             return None if payload is None else self.codec.decode(payload)

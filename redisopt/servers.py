@@ -218,6 +218,7 @@ class InheritedServer(Server):
         try:
             host, port = parts.hostname or "", int(parts.port or 0)
             self.owner, expected_pid = int(query.get("owner", 0)), int(query.get("pid", 0))
+            db = int(parts.path.strip("/") or 0)
         except ValueError:
             raise ConfigError(f"{PRIVATE_URL_ENV} ({redact(url)}) is malformed") from None
         if not host.startswith("127.") or not port:
@@ -226,8 +227,7 @@ class InheritedServer(Server):
                 "redisopt for its child processes, never by hand (use REDIS_URL for your own server)"
             )
         self.backend = query.get("backend", "")
-        super().__init__(host, port, urllib.parse.unquote(parts.password or ""),
-                         db=int(parts.path.strip("/") or 0))
+        super().__init__(host, port, urllib.parse.unquote(parts.password or ""), db=db)
         try:
             self.identify()
         except redis.exceptions.RedisError as exc:
