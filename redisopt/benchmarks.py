@@ -27,15 +27,16 @@ from typing import Any
 import redis
 
 from redisopt.bench import count_round_trips
-from redisopt.bulk import CHUNK, chunked
+from redisopt.bulk import CHUNK, chunked, insert_cases, unlink_matching
 from redisopt.codecs import get_codec
+from redisopt.keyspace import WORKBOOK, KeySpace
 from redisopt.lock import Lock
 from redisopt.netem import LatencyProxy
 from redisopt.queue import WorkQueue
 from redisopt.server import start_server
 from redisopt.servers import Server
 
-PREFIX = "redisopt:bench"
+PREFIX = KeySpace(WORKBOOK).key("bench")  # redisopt:bench
 
 
 def best_of(fn: Callable[[], Any], repeat: int = 3, setup: Callable[[], Any] | None = None) -> float:
@@ -89,26 +90,13 @@ def redis_benchmark_rpush(server: Server, requests: int) -> tuple[float | None, 
 
 
 def speedups(client: redis.Redis, n: int) -> dict[str, float]:
-    """One SET per round trip vs one pipeline of them vs one variadic MSET, ``n`` keys."""
-    keys = [f"{PREFIX}:k:{i}" for i in range(n)]
-
-    def single() -> None:
-        for key in keys:
-            client.set(key, "v")
-
-    def pipelined() -> None:
-        pipe = client.pipeline(transaction=False)
-        for key in keys:
-            pipe.set(key, "v")
-        pipe.execute()
-
-    def variadic() -> None:
-        client.mset(dict.fromkeys(keys, "v"))
-
+    """One SET per round trip vs one pipeline of them vs one variadic MSET, ``n`` keys (4장's ladder)."""
+    cases = insert_cases(client, f"{PREFIX}:k", n)
     client.ping()  # connect outside the timing
-    single_s = best_of(single)
-    result = {"pipeline": single_s / best_of(pipelined), "variadic": single_s / best_of(variadic)}
-    client.unlink(*keys)
+    single_s = best_of(cases["개별 SET"])
+    result = {"pipeline": single_s / best_of(cases["파이프라인"]),
+              "variadic": single_s / best_of(cases["MSET (가변 인자)"])}
+    unlink_matching(client, f"{PREFIX}:k:*")
     return result
 
 
