@@ -57,6 +57,7 @@ OWNER_LABEL = "redisopt.owner"  # the owning process's pid, on every container w
 ENGINE_TIMEOUT = 15  # seconds an engine API call may stay silent (a pull's progress stream included)
 PULL_TIMEOUT = 180.0  # seconds a whole pull may take
 READY_LINE = "Ready to accept connections"  # Redis and Valkey log it once they listen
+REAPER_GRACE = 40.0  # seconds the reaper may take after SIGTERM: import docker, then a 30 s API call
 REACH_GRACE = 3.0  # seconds a ready server may stay unreachable from here before we give up
 
 # The reaper the watchdog keeps as its "server": it removes the container when the watchdog ends it
@@ -150,7 +151,8 @@ def _start_keeper(name: str, env: Mapping[str, str]) -> tuple[subprocess.Popen[b
     except OSError as exc:
         raise ServerStartError(f"cannot create a temp directory for the container's watchdog ({exc})") from None
     proc = subprocess.Popen(
-        [sys.executable, "-I", str(WATCHDOG), workdir, "--", sys.executable, "-I", "-c", REAPER, name],
+        [sys.executable, "-I", str(WATCHDOG), workdir, "--grace", str(REAPER_GRACE), "--",
+         sys.executable, "-I", "-c", REAPER, name],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         start_new_session=True, env=dict(env),
     )
@@ -166,7 +168,7 @@ def _stop_keeper(proc: subprocess.Popen[bytes], workdir: str, owner: int) -> Non
         return  # a forked child must not remove its parent's container
     try:
         proc.stdin.close()  # type: ignore[union-attr]
-        proc.wait(timeout=15)
+        proc.wait(timeout=REAPER_GRACE + 5)
     except subprocess.TimeoutExpired:
         proc.terminate()  # the watchdog's SIGTERM handler still ends the reaper
         proc.wait(timeout=10)

@@ -30,11 +30,11 @@ import sys
 from collections.abc import Callable
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
     if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(timeout=5)
+            proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -62,8 +62,13 @@ def _die_with_parent() -> Callable[[], None] | None:
 
 
 def main(argv: list[str]) -> int:
+    # --grace: how long the child may take to end after SIGTERM (a server: 5 s; the container
+    # reaper, which must reach the Docker engine first, more).
+    grace = 5.0
+    if len(argv) > 2 and argv[1] == "--grace":
+        grace, argv = float(argv[2]), [argv[0], *argv[3:]]
     if len(argv) < 3 or argv[1] != "--":
-        print("usage: watchdog.py DIR -- SERVER [ARGS...]", file=sys.stderr)
+        print("usage: watchdog.py DIR [--grace SECONDS] -- SERVER [ARGS...]", file=sys.stderr)
         return 2
     workdir, command = argv[0], argv[2:]
     owner = os.getppid()
@@ -91,7 +96,7 @@ def main(argv: list[str]) -> int:
         else:
             _report_tail(workdir)  # the server died by itself: tell the owner why
     finally:
-        _stop(proc)
+        _stop(proc, grace)
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
