@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from redisopt.containers import (
-    CONTAINER_IMAGE,
     ENGINE_TIMEOUT,
     ContainerServer,
     ContainerUnavailableError,
@@ -228,7 +227,7 @@ def start_first(backends: tuple[str, ...], config: Mapping[str, Any] | None) -> 
     chosen = choices[-1]
     if not chosen.usable or chosen.start is None:
         reasons = "\n".join(f"  - {c.backend}: {c.reason}" for c in choices)
-        image = os.environ.get("REDISOPT_IMAGE", CONTAINER_IMAGE)
+        image = image_name()
         raise NoServerError(NO_SERVER_HELP.format(image=image, reasons=reasons))
     return chosen.start(config)
 

@@ -88,9 +88,13 @@ class ContainerUnavailableError(NoServerError):
 
 
 def image_name() -> str:
-    """The image to run: REDISOPT_IMAGE, else the pinned one (plus testcontainers' hub prefix)."""
-    image = os.environ.get("REDISOPT_IMAGE", "").strip() or CONTAINER_IMAGE
-    return os.environ.get("TESTCONTAINERS_HUB_IMAGE_NAME_PREFIX", "") + image
+    """The image as the engine knows it: ``base_image()`` plus testcontainers' hub prefix."""
+    return os.environ.get("TESTCONTAINERS_HUB_IMAGE_NAME_PREFIX", "") + base_image()
+
+
+def base_image() -> str:
+    """REDISOPT_IMAGE, else the pinned one (testcontainers adds its hub prefix itself)."""
+    return os.environ.get("REDISOPT_IMAGE", "").strip() or CONTAINER_IMAGE
 
 
 def engine_url() -> str | None:
@@ -214,7 +218,7 @@ class ContainerServer(Server):
             warnings.simplefilter("ignore")
             try:
                 container = RedisContainer(
-                    os.environ.get("REDISOPT_IMAGE", "").strip() or CONTAINER_IMAGE,
+                    base_image(),
                     password=self.password,
                     docker_client_kw={"environment": env, "timeout": ENGINE_TIMEOUT},
                 )
