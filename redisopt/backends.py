@@ -87,7 +87,6 @@ def _probe_container() -> Choice:
         except Exception as exc:  # docker.errors.DockerException and socket errors alike
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             reason = f"no Docker engine answers ({first[:120]})"
-            gc.collect()  # close the socket it leaked now, while its warning is still silenced
         else:
             try:
                 ensure_image(engine, image_name())
@@ -96,6 +95,8 @@ def _probe_container() -> Choice:
         finally:
             if engine is not None:
                 engine.close()
+            if reason:  # docker-py leaked a socket: close it now, while its warning is still silenced
+                gc.collect()  # (here, once the exception and its frames are gone, not in the except)
     if reason:
         return Choice("container", False, reason)
     return Choice("container", True, f"a Docker engine answers; image {image_name()}", _start_container)
