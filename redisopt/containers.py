@@ -36,9 +36,10 @@ import redis
 import redis.backoff
 import redis.retry
 
+from redisopt import keeper
 from redisopt.errors import NoServerError, ServerStartError
 from redisopt.serverconf import container_command
-from redisopt.servers import START_TIMEOUT, WATCHDOG, Server
+from redisopt.servers import START_TIMEOUT, Server
 
 if TYPE_CHECKING:
     import docker
@@ -154,13 +155,8 @@ def _start_keeper(name: str, env: Mapping[str, str]) -> tuple[subprocess.Popen[b
         workdir = tempfile.mkdtemp(prefix="redisopt-")
     except OSError as exc:
         raise ServerStartError(f"cannot create a temp directory for the container's watchdog ({exc})") from None
-    proc = subprocess.Popen(
-        [sys.executable, "-I", str(WATCHDOG), workdir, "--grace", str(REAPER_GRACE), "--",
-         sys.executable, "-I", "-c", REAPER, name],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        start_new_session=True, env=dict(env),
-    )
-    if not proc.stdout.readline().strip().isdigit():  # type: ignore[union-attr]  # the reaper's pid
+    proc, pid = keeper.spawn(workdir, [sys.executable, "-I", "-c", REAPER, name], grace=REAPER_GRACE, env=env)
+    if pid is None:
         _stop_keeper(proc, workdir, os.getpid())
         raise ServerStartError("the watchdog could not start the container's reaper")
     return proc, workdir
@@ -171,13 +167,8 @@ def _stop_keeper(proc: subprocess.Popen[bytes], workdir: str, owner: int) -> Non
     if os.getpid() != owner:
         return  # a forked child must not remove its parent's container
     try:
-        proc.stdin.close()  # type: ignore[union-attr]
-        proc.wait(timeout=REAPER_GRACE + 5)
-    except subprocess.TimeoutExpired:
-        proc.terminate()  # the watchdog's SIGTERM handler still ends the reaper
-        proc.wait(timeout=10)
+        keeper.end(proc, wait=REAPER_GRACE + 5)
     finally:
-        proc.stdout.close()  # type: ignore[union-attr]
         shutil.rmtree(workdir, ignore_errors=True)  # the watchdog's job, unless it was killed
 
 

@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import weakref
@@ -22,9 +21,10 @@ from typing import Any
 
 import redis
 
+from redisopt import keeper
 from redisopt.errors import ServerStartError
 from redisopt.serverconf import private_settings, render_config
-from redisopt.servers import NO_RETRY, START_TIMEOUT, WATCHDOG, Server
+from redisopt.servers import NO_RETRY, START_TIMEOUT, Server
 
 
 def _free_port() -> int:
@@ -35,26 +35,6 @@ def _free_port() -> int:
 
 class _PortTaken(ServerStartError):
     """Another process answered on the port picked for our server (a race); try another."""
-
-
-# Owners' live watchdog pipes, closed in every forked child: a child holding the write end would
-# keep the server up after the owner dies (no EOF). A forked child reaches the server only while
-# the owner lives.
-_LIVE: weakref.WeakSet[ProcessServer] = weakref.WeakSet()
-
-
-def _close_pipes_in_child() -> None:
-    for server in list(_LIVE):
-        for pipe in (server._watchdog.stdin, server._watchdog.stdout):
-            try:
-                pipe.close()  # type: ignore[union-attr]
-            except (OSError, ValueError):
-                pass
-    _LIVE.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_close_pipes_in_child)
 
 
 def _kill_if_ours(*, host: str, port: int, password: str, pid: int) -> None:
@@ -73,15 +53,7 @@ def _kill_if_ours(*, host: str, port: int, password: str, pid: int) -> None:
 def _stop_watchdog(proc: subprocess.Popen[bytes], owner: int, workdir: str, server: dict[str, Any]) -> None:
     if os.getpid() != owner:
         return  # a forked child must not stop its parent's server
-    try:
-        proc.stdin.close()  # type: ignore[union-attr]  # EOF: the watchdog stops the server
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.terminate()  # its SIGTERM handler still stops the server and removes the dir
-        proc.wait(timeout=10)
-    finally:
-        proc.stdout.close()  # type: ignore[union-attr]
-    if proc.returncode != 0:  # the watchdog was killed (or failed): it cleaned up nothing
+    if keeper.end(proc, wait=10) != 0:  # the watchdog was killed (or failed): it cleaned up nothing
         if server["pid"]:
             _kill_if_ours(**server)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -126,23 +98,14 @@ class ProcessServer(Server):
         settings = {**self.config, "port": self.port, "requirepass": self.password, "dir": self.workdir}
         conf.write_text(render_config(settings), encoding="utf-8")
         conf.chmod(0o600)
-        proc = subprocess.Popen(
-            # -I -S: stdlib only, no site-packages to scan: the watchdog starts ~15 ms sooner
-            [sys.executable, "-I", "-S", str(WATCHDOG), self.workdir, "--", self.executable, str(conf)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self._watchdog = proc
         known = {"host": self.host, "port": self.port, "password": self.password or "", "pid": 0}
+        proc, pid = keeper.spawn(self.workdir, [self.executable, str(conf)])
+        self._watchdog = proc
         self._finalizer = weakref.finalize(self, _stop_watchdog, proc, os.getpid(), self.workdir, known)
-        _LIVE.add(self)
-        first = proc.stdout.readline()  # type: ignore[union-attr]
-        if not first.strip().isdigit():
+        if pid is None:
             self.stop()
             raise ServerStartError(f"the watchdog could not start {self.executable}")
-        self.pid = known["pid"] = int(first)  # the finalizer can now kill it if the watchdog cannot
+        self.pid = known["pid"] = pid  # the finalizer can now kill it if the watchdog cannot
         self._wait_ready(proc)
         conf.unlink()  # read at start and never again: no password left on disk
         self.started_in = time.perf_counter() - started

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import urllib.parse
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -28,7 +27,6 @@ IDENTIFY_TIMEOUT = 5.0
 # user (and root), and redisopt never prints it.
 PRIVATE_URL_ENV = "REDISOPT_PRIVATE_URL"
 NO_RETRY = redis.retry.Retry(redis.backoff.NoBackoff(), 0)
-WATCHDOG = Path(__file__).with_name("watchdog.py")
 
 
 def truthy(value: str | None) -> bool:
