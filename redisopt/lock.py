@@ -164,6 +164,32 @@ def choose_strategy(capabilities: frozenset[str], strategy: str) -> LockStrategy
 # --------------------------------------------------------------------------- arguments and replies
 
 
+def hash_tag(key: str) -> str | None:
+    """The part of ``key`` Redis Cluster hashes, if the key names one: the text between the first
+    ``{`` and the next ``}``, when not empty."""
+    start = key.find("{")
+    if start < 0:
+        return None
+    end = key.find("}", start + 1)
+    return key[start + 1:end] if end > start + 1 else None
+
+
+def fencing_key(name: str) -> str:
+    """The fencing counter's key, in the same cluster slot as the lock key ``name`` (one script
+    touches both, and a cluster refuses a script whose keys span slots).
+
+    A name with its own hash tag (``app:{job}``) keeps it: ``app:{job}:fencing``. Otherwise the
+    whole name is the tag: ``app:job:fencing:{app:job}``, which hashes exactly like ``app:job`` and
+    still starts with the name, so a KeySpace's SCAN ``prefix:*`` clears it with the lock.
+    """
+    if hash_tag(name) is not None:
+        return f"{name}:fencing"
+    if "{" in name or "}" in name:
+        raise ValueError(f"lock name {name!r} has braces that make no hash tag (a non-empty '{{tag}}'): "
+                         "its fencing key could not share the lock's cluster slot")
+    return f"{name}:fencing:{{{name}}}"
+
+
 def _ms(seconds: float) -> int:
     return max(1, int(round(seconds * 1000)))
 
@@ -172,6 +198,22 @@ def _check_ttl(ttl: float) -> float:
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
         raise ValueError(f"ttl must be a number of seconds > 0, not {ttl!r}")
     return float(ttl)
+
+
+def acquire_command(key: str, token: str, ttl_ms: int) -> tuple[Any, ...]:
+    """Without fencing, acquire is one SET NX PX: no script, no counter key."""
+    return ("SET", key, token, "NX", "PX", ttl_ms)
+
+
+def acquire_outcome(fencing: bool, reply: Any) -> int | None:
+    """The acquire reply as a fencing token (>= 1, or 0 without fencing), None when the lock is taken.
+
+    The script answers the INCR result or 0; SET NX answers OK (True) or nil.
+    """
+    if fencing:
+        fence = int(reply)
+        return fence if fence else None
+    return 0 if reply else None
 
 
 def release_command(strategy: LockStrategy, key: str, token: str) -> tuple[Any, ...]:
@@ -211,15 +253,22 @@ class Lock:
     most ``max_renewals`` times, then stops: a holder stuck forever still loses the lock.
     ``strategy`` is "auto" (native commands where the server has them), "lua" or "native";
     ``lock.strategy`` says which path is used.
+
+    ``fencing=False``: a plain SET NX PX, no INCR, so no per-name counter key is ever created
+    (e.g. a cache's single-flight lock over many keys); ``acquire()`` then returns 0, which no
+    ``FencedResource`` accepts. Still 2 round trips for acquire + release.
     """
 
     _scripts: ClassVar[dict[str, Script]] = {}  # registered once per class, called with client=
 
     def __init__(self, client: redis.Redis, name: str, ttl: float = 10.0, *, timeout: float | None = None,
                  sleep: float = 0.002, max_sleep: float = 0.1, auto_renew: bool = False,
-                 renew_every: float | None = None, max_renewals: int = 100, strategy: str = "auto") -> None:
+                 renew_every: float | None = None, max_renewals: int = 100, strategy: str = "auto",
+                 fencing: bool = True) -> None:
         self.client = client
         self.name = name
+        self.fencing = fencing
+        self._fencing_key = fencing_key(name)
         self.ttl = _check_ttl(ttl)
         self.timeout = check_timeout(timeout)
         if not 0 < sleep <= max_sleep:
@@ -246,7 +295,8 @@ class Lock:
 
     @property
     def fencing_key(self) -> str:
-        return f"{self.name}:fencing"
+        """The per-name INCR counter (in the lock key's cluster slot); never written when ``fencing=False``."""
+        return self._fencing_key
 
     @classmethod
     def _register(cls, client: redis.Redis) -> None:
@@ -283,7 +333,9 @@ class Lock:
     def acquire(self, timeout: float | None | _Unset = _UNSET) -> int:
         """Take the lock and return its fencing token; LockTimeout when ``timeout`` runs out first.
 
-        ``timeout`` defaults to the one given to the constructor (None: wait without limit).
+        The token is >= 1, strictly increasing per name; 0 when the lock was made with
+        ``fencing=False`` (no counter, no token). ``timeout`` defaults to the one given to the
+        constructor (None: wait without limit).
         """
         if isinstance(timeout, _Unset):
             timeout = self.timeout
@@ -291,7 +343,7 @@ class Lock:
         while True:
             self.attempts += 1
             fence = self.do_acquire(token)
-            if fence:
+            if fence is not None:
                 self.token, self.fencing_token, self.renewals = token, fence, 0
                 if self.auto_renew:
                     self._renewer = _Renewer(self)
@@ -348,6 +400,8 @@ class Lock:
     def _call(self, step: str, token: str, ttl_ms: int | None = None) -> tuple[Script | None, tuple[Any, ...]]:
         """What one step sends: ``(script, (keys, args))`` for Lua, ``(None, command)`` for native."""
         if step == "acquire":
+            if not self.fencing:
+                return None, acquire_command(self.key, token, _ms(self.ttl))
             return self._scripts["acquire"], ([self.key, self.fencing_key], [token, _ms(self.ttl)])
         if step == "release":
             if self.strategy.release == "lua":
@@ -363,9 +417,9 @@ class Lock:
             return script(keys=call[0], args=call[1], client=self.client)
         return self.client.execute_command(*call)
 
-    def do_acquire(self, token: str) -> int:
-        """The fencing token (>= 1), or 0 while someone else holds the lock."""
-        return int(self._send("acquire", token))
+    def do_acquire(self, token: str) -> int | None:
+        """The fencing token (>= 1; 0 without fencing), or None while someone else holds the lock."""
+        return acquire_outcome(self.fencing, self._send("acquire", token))
 
     def do_release(self, token: str) -> bool:
         return bool(self._send("release", token))  # 1/0 from DEL, DELIFEQ, DELEX alike

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from redis.cluster import key_slot
 
 import redisopt
 from redisopt.lock import LUA_ONLY, _parse_capabilities, choose_strategy, lock_capabilities
@@ -329,6 +330,61 @@ def test_parse_capabilities_reads_delex_and_ifeq() -> None:
     strategy = choose_strategy(caps, "native")
     assert (strategy.release, strategy.extend) == ("DELEX", "SET IFEQ")
     assert choose_strategy(caps, "auto") == strategy
+
+
+# --------------------------------------------------------------------------- without fencing, cluster slots
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_without_fencing_no_counter_key_is_left_and_it_still_excludes(r, ks, strategy) -> None:
+    name = ks.key("lock")
+    lock = redisopt.Lock(r, name, ttl=5, strategy=strategy, fencing=False)
+    token = lock.acquire(0)
+    held = sorted(r.scan_iter(match=ks.pattern()))
+    lock.release()
+    assert token == 0 and lock.fencing_token == 0
+    assert held == [name], "fencing=False created a key besides the lock itself"
+    assert not r.exists(lock.fencing_key) and sorted(r.scan_iter(match=ks.pattern())) == []
+    with redisopt.count_round_trips(r) as trips:
+        lock.acquire(0)
+        lock.release()
+    assert (trips.round_trips, trips.commands) == (2, 2)
+    holder = redisopt.Lock(r, name, ttl=5, strategy=strategy, fencing=False)
+    with holder as zero:
+        assert zero == 0
+        with pytest.raises(redisopt.LockTimeout):
+            lock.acquire(0)
+        with pytest.raises(redisopt.LockNotOwnedError):
+            lock.release()
+    with pytest.raises(ValueError):  # 0 is no fencing token: a FencedResource refuses it
+        redisopt.FencedResource(r, ks.key("resource")).write("x", zero)
+    assert sorted(r.scan_iter(match=ks.pattern())) == []
+    fenced = redisopt.Lock(r, name, ttl=5, strategy=strategy)
+    assert fenced.acquire(0) >= 1 and r.exists(fenced.fencing_key)  # the default still counts
+    fenced.release()
+
+
+@pytest.mark.parametrize("name", ["job", "redisopt:ch05:lock", "app:{job}:lock", "{job}", "a b:é"])
+def test_lock_and_fencing_keys_share_one_cluster_slot(r, ks, name) -> None:
+    lock = redisopt.Lock(r, name)
+    assert lock.key == name and lock.fencing_key.startswith(name + ":")  # a KeySpace's SCAN finds both
+    assert lock.fencing_key != lock.key
+    assert key_slot(lock.fencing_key.encode()) == key_slot(lock.key.encode())
+
+
+def test_keyspace_clear_removes_the_fencing_counter(r, ks) -> None:
+    lock = redisopt.Lock(r, ks.key("lock"))
+    lock.acquire(0)
+    lock.release()
+    assert r.exists(lock.fencing_key)
+    ks.clear(r)
+    assert not r.exists(lock.fencing_key)
+
+
+@pytest.mark.parametrize("name", ["a{b", "a}b", "a{}b", "}{"])
+def test_names_whose_braces_make_no_hash_tag_are_refused(r, name) -> None:
+    with pytest.raises(ValueError, match="hash tag"):
+        redisopt.Lock(r, name)
 
 
 # --------------------------------------------------------------------------- on a user's server
