@@ -8,8 +8,8 @@ Also here, for the chapter to plot side by side as the queue grows (mistake 7): 
 "update one request inside the queue" Lua, which scans the whole list (O(N) while the server does
 nothing else), and the fix, a hash per request (O(1)).
 
-Non-I/O parts (key names, Lua text, argument building, reply decoding, the wait slices) are plain
-functions and constants, so an asyncio twin only adds ``await``.
+Non-I/O parts (key names, Lua text, encoding, commands, reply decoding, the wait slices) are plain
+functions, constants and ``QueueCore``, which the asyncio twin (``redisopt.aio.WorkQueue``) shares.
 """
 
 from __future__ import annotations
@@ -60,12 +60,9 @@ def wait_slices(timeout: float | None, socket_timeout: float | None) -> Iterator
         yield min(longest, max(MIN_SLICE, remaining))
 
 
-class WorkQueue:
-    """A FIFO of codec-encoded items on one List. ``None`` is not an item, so ``get`` → None means "timed out".
-
-    ``pipeline=`` on writes joins a caller's pipeline (MULTI or not): the caller executes it, and
-    the queue never does. Without one, each call runs and executes its own.
-    """
+class QueueCore:
+    """What a WorkQueue does besides I/O, shared with its asyncio twin (``redisopt.aio.WorkQueue``):
+    checks, key, codec, encoding by chunk and window, commands and replies."""
 
     def __init__(
         self,
@@ -85,6 +82,67 @@ class WorkQueue:
         self.chunk, self.window = chunk, window
         self._null = self.codec.encode(None)  # an encoded None, to refuse it after encoding (cheap)
 
+    def _encode(self, items: list[Any], offset: int = 0) -> list[bytes]:
+        """Encode one chunk; errors name the item's position in the whole batch (``offset`` + i)."""
+        try:
+            payloads = encode_many(self.codec, items)
+        except EncodeError as exc:
+            exc.index = offset + (exc.index or 0)
+            raise
+        if self._null in payloads:
+            raise TypeError(f"item {offset + payloads.index(self._null)} of the batch encodes like None "
+                            "(None, or NaN/inf under orjson): None is not a queue item, get() returns it for a timeout")
+        return payloads
+
+    def _encode_all(self, items: Iterable[Any]) -> tuple[list[list[bytes]], int]:
+        """Every chunk encoded before any joins a caller's pipeline; and how many items."""
+        parts, done = [], 0
+        for batch in chunked(items, self.chunk):
+            parts.append(self._encode(batch, done))
+            done += len(batch)
+        return parts, done
+
+    def _windows(self, items: Iterable[Any]) -> Iterator[tuple[list[list[bytes]], int]]:
+        """One window at a time: its encoded chunks and its item count, encoded just before it is
+        sent; a bad item's EncodeError carries ``.sent``, the items of earlier windows."""
+        sent = 0
+        for window in chunked(items, self.chunk * self.window):
+            try:
+                parts = [self._encode(batch, sent + i * self.chunk)
+                         for i, batch in enumerate(chunked(window, self.chunk))]
+            except TypeError as exc:
+                exc.sent = sent  # type: ignore[attr-defined]
+                raise
+            yield parts, len(window)
+            sent += len(window)
+
+    def _decode(self, payload: bytes | None) -> Any:
+        return None if payload is None else self.codec.decode(payload)
+
+    def _socket_timeout(self) -> float | None:
+        return self.client.connection_pool.connection_kwargs.get("socket_timeout")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.key!r}, codec={self.codec.name!r})"
+
+
+def pop_command(key: str, wait: float | None) -> tuple[Any, ...]:
+    """LPOP (``wait`` None: do not wait) or BLPOP of ``wait`` seconds."""
+    return ("LPOP", key) if wait is None else ("BLPOP", key, wait)
+
+
+def pop_payload(wait: float | None, reply: Any) -> bytes | None:
+    """The raw payload from LPOP's value or BLPOP's ``[key, value]`` (None: nothing came)."""
+    return reply if wait is None or reply is None else reply[1]
+
+
+class WorkQueue(QueueCore):
+    """A FIFO of codec-encoded items on one List. ``None`` is not an item, so ``get`` → None means "timed out".
+
+    ``pipeline=`` on writes joins a caller's pipeline (MULTI or not): the caller executes it, and
+    the queue never does. Without one, each call runs and executes its own.
+    """
+
     # ------------------------------------------------------------------ writes
 
     def put(self, item: Any, pipeline: redis.client.Pipeline | None = None) -> None:
@@ -102,43 +160,22 @@ class WorkQueue:
         item leaves the caller's pipeline untouched; the caller executes it.
         """
         if pipeline is not None:
-            parts, done = [], 0
-            for batch in chunked(items, self.chunk):
-                parts.append(self._encode(batch, done))
-                done += len(batch)
+            parts, done = self._encode_all(items)
             for part in parts:
                 self.do_push(part, pipeline)
             return done
         sent = 0
-        for window in chunked(items, self.chunk * self.window):
-            try:
-                parts = [self._encode(batch, sent + i * self.chunk)
-                         for i, batch in enumerate(chunked(window, self.chunk))]
-            except TypeError as exc:
-                exc.sent = sent  # type: ignore[attr-defined]
-                raise
+        for parts, count in self._windows(items):
             pipe = self.client.pipeline(transaction=False)
             for part in parts:
                 self.do_push(part, pipe)
             pipe.execute()
-            sent += len(window)
+            sent += count
         return sent
 
     def do_push(self, payloads: list[bytes], pipeline: redis.client.Pipeline | None = None) -> None:
         """One RPUSH of encoded payloads, queued on ``pipeline`` or sent at once."""
         (pipeline if pipeline is not None else self.client).rpush(self.key, *payloads)
-
-    def _encode(self, items: list[Any], offset: int = 0) -> list[bytes]:
-        """Encode one chunk; errors name the item's position in the whole batch (``offset`` + i)."""
-        try:
-            payloads = encode_many(self.codec, items)
-        except EncodeError as exc:
-            exc.index = offset + (exc.index or 0)
-            raise
-        if self._null in payloads:
-            raise TypeError(f"item {offset + payloads.index(self._null)} of the batch encodes like None "
-                            "(None, or NaN/inf under orjson): None is not a queue item, get() returns it for a timeout")
-        return payloads
 
     # ------------------------------------------------------------------ reads
 
@@ -150,21 +187,17 @@ class WorkQueue:
         """
         check_timeout(timeout)
         if timeout == 0:
-            payload = self.do_pop(None)
-            return None if payload is None else self.codec.decode(payload)
-        socket_timeout = self.client.connection_pool.connection_kwargs.get("socket_timeout")
-        for wait in wait_slices(timeout, socket_timeout):
+            return self._decode(self.do_pop(None))
+        for wait in wait_slices(timeout, self._socket_timeout()):
             payload = self.do_pop(wait)
             if payload is not None:
-                return self.codec.decode(payload)
+                return self._decode(payload)
         return None
 
     def do_pop(self, wait: float | None) -> bytes | None:
         """One LPOP (``wait`` None) or one BLPOP of ``wait`` seconds; the raw payload, undecoded."""
-        if wait is None:
-            return self.client.execute_command("LPOP", self.key, **{NEVER_DECODE: True})
-        reply = self.client.execute_command("BLPOP", self.key, wait, **{NEVER_DECODE: True})
-        return None if reply is None else reply[1]
+        reply = self.client.execute_command(*pop_command(self.key, wait), **{NEVER_DECODE: True})
+        return pop_payload(wait, reply)
 
     def __len__(self) -> int:
         return int(self.client.llen(self.key))
@@ -172,9 +205,6 @@ class WorkQueue:
     def clear(self) -> int:
         """Drop every item (UNLINK); returns 1 if the queue existed."""
         return int(self.client.unlink(self.key))
-
-    def __repr__(self) -> str:
-        return f"WorkQueue({self.key!r}, codec={self.codec.name!r})"
 
 
 # ---------------------------------------------------------------------- updating one request (mistake 7)
