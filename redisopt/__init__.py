@@ -18,6 +18,7 @@ from redisopt.bench import (
 )
 from redisopt.bulk import add_many, push_many, scan_keys, unlink_matching
 from redisopt.codecs import Codec, get_codec
+from redisopt.contention import Hammered, contention_sweep, gaps_under_load, hammer, interleaving, on_one_connection
 from redisopt.errors import (
     ConfigError,
     DestructiveCommandError,
@@ -62,6 +63,12 @@ __all__ = [
     "RequestTable",
     "WorkQueue",
     "get_codec",
+    "Hammered",
+    "contention_sweep",
+    "gaps_under_load",
+    "hammer",
+    "interleaving",
+    "on_one_connection",
     "ConfigError",
     "SharedCounter",
     "DestructiveCommandError",
