@@ -19,6 +19,7 @@ from redisopt.bench import (
 from redisopt.bulk import add_many, push_many, scan_keys, unlink_matching
 from redisopt.codecs import Codec, get_codec
 from redisopt.contention import Hammered, contention_sweep, gaps_under_load, hammer, interleaving, on_one_connection
+from redisopt.dashboard import Dashboard, WorkloadReport, plot_dashboard, run_workload
 from redisopt.errors import (
     ConfigError,
     DestructiveCommandError,
@@ -47,6 +48,28 @@ from redisopt.memory import (
     predict_string_encodings,
     thresholds,
 )
+from redisopt.monitor import (
+    InfoSnapshot,
+    active_locks,
+    article_hit_rate,
+    article_large_keys,
+    big_keys,
+    command_delta,
+    command_stats,
+    count_keys,
+    enable_latency_monitor,
+    hit_rate,
+    info_delta,
+    info_snapshot,
+    latency_history,
+    latency_latest,
+    latency_threshold_ms,
+    ops_per_sec,
+    scan_with,
+    slowlog,
+    slowlog_last_id,
+    top_commands,
+)
 from redisopt.netem import LatencyProxy, RttReport
 from redisopt.queue import ArticleQueueUpdate, RequestTable, WorkQueue
 from redisopt.records import LAYOUTS, USER_FIELDS, RecordStore, has_command, resp_bulk_size, sample_users
@@ -57,6 +80,31 @@ from redisopt.txn import SharedCounter, TxnResult, article_watch_add, exec_repli
 _pd.set_option("display.unicode.east_asian_width", True)
 
 __all__ = [
+    # monitoring (7장)
+    "Dashboard",
+    "WorkloadReport",
+    "plot_dashboard",
+    "run_workload",
+    "InfoSnapshot",
+    "active_locks",
+    "article_hit_rate",
+    "article_large_keys",
+    "big_keys",
+    "command_delta",
+    "command_stats",
+    "count_keys",
+    "enable_latency_monitor",
+    "hit_rate",
+    "info_delta",
+    "info_snapshot",
+    "latency_history",
+    "latency_latest",
+    "latency_threshold_ms",
+    "ops_per_sec",
+    "scan_with",
+    "slowlog",
+    "slowlog_last_id",
+    "top_commands",
     "ArticleQueueUpdate",
     "Codec",
     "EncodeError",
