@@ -34,6 +34,8 @@ from redisopt.errors import (
     ServerStartError,
     StaleTokenError,
 )
+from redisopt.eviction import EVICTION_POLICIES, EvictionWorkload, eviction_lab, eviction_run
+from redisopt.expiry import ZSetExpiry, article_setnx_lock, crash_after_setnx, has_field_ttl
 from redisopt.fencing import FencedResource
 from redisopt.keyspace import KeySpace
 from redisopt.leaderboard import Leaderboard, top_by_sorting
@@ -74,12 +76,26 @@ from redisopt.netem import LatencyProxy, RttReport
 from redisopt.queue import ArticleQueueUpdate, RequestTable, WorkQueue
 from redisopt.records import LAYOUTS, USER_FIELDS, RecordStore, has_command, resp_bulk_size, sample_users
 from redisopt.server import Server, connect, default_server, start_server
+from redisopt.sweeps import bucket_of, bucketing, codec_table, count_sweep, size_sweep
 from redisopt.txn import SharedCounter, TxnResult, article_watch_add, exec_replies, sequence_gaps, transact
 
 # Hangul is double-width in a terminal font: let pandas pad tables so Korean columns line up.
 _pd.set_option("display.unicode.east_asian_width", True)
 
 __all__ = [
+    "EVICTION_POLICIES",
+    "EvictionWorkload",
+    "ZSetExpiry",
+    "article_setnx_lock",
+    "bucket_of",
+    "bucketing",
+    "codec_table",
+    "count_sweep",
+    "crash_after_setnx",
+    "eviction_lab",
+    "has_field_ttl",
+    "eviction_run",
+    "size_sweep",
     # monitoring (7장)
     "Dashboard",
     "WorkloadReport",
