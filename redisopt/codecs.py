@@ -119,6 +119,12 @@ class StandardCodec:
             return MARKER + zlib.compress(data, ZLIB_LEVEL)
         return data
 
+    @property
+    def fast_encode(self) -> Callable[[Any], bytes] | None:
+        """The bare dumps when ``encode`` adds nothing to it (no zlib), else None: for hot loops
+        (``WorkQueue.put_many``) that turn its errors into EncodeError themselves."""
+        return _PLAIN[self.base][0] if self.compress_over is None else None
+
     def encode_many(self, items: Iterable[Any]) -> list[bytes]:
         """Encode a chunk in one comprehension (the fast path); on failure, name the bad item."""
         items = items if isinstance(items, list) else list(items)

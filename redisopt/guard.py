@@ -124,7 +124,10 @@ def fallback_rules() -> Rules:
 
 def wire_args(packed: Sequence[Any]) -> list[bytes]:
     """The argument vector in redis-py's packed RESP output: exactly what the server receives."""
-    data = bytes(packed[0]) if len(packed) == 1 else b"".join(bytes(chunk) for chunk in packed)
+    if len(packed) == 1:
+        data = packed[0] if type(packed[0]) is bytes else bytes(packed[0])
+    else:
+        data = b"".join(bytes(chunk) for chunk in packed)
     end = data.index(b"\r\n")
     count = int(data[1:end])
     args, pos = [], end + 2
@@ -227,6 +230,9 @@ class Guard:
         # one plain word, not refused, not a container, not a script. Skips repacking GET, SET, …
         self._safe_first: set[str | bytes] = set()
         self._safe_scripts: set[bytes] = set()  # script bodies already read and found harmless
+        # Wire command names (bytes, exactly as sent) found safe alone, for hand-packed commands.
+        # Apart from _safe_first: b"CONFIG SET" passed to redis-py is split in two, on our wire it is one name.
+        self._safe_wire: set[bytes] = set()
 
     @property
     def refused(self) -> Mapping[str, str]:
@@ -273,6 +279,19 @@ class Guard:
             head = wire_args(pack(first))  # what the first argument alone becomes on the wire
             if len(head) == 1 and self._safe_alone(head[0]):
                 self._safe_first.add(first)  # type: ignore[arg-type]
+
+    def check_packed(self, name: bytes, data: bytes) -> None:
+        """Check one command packed to RESP by hand (``connection.pack_command``), before it is sent.
+
+        ``name`` is the first argument its packer wrote. A name already found safe alone decides at
+        once; any other command is read back in full from ``data``, as the server will read it.
+        """
+        if name in self._safe_wire:
+            return
+        argv = wire_args([data])
+        self.check(argv)
+        if self.rules is not None and argv and self._safe_alone(argv[0]) and len(self._safe_wire) < 4096:
+            self._safe_wire.add(bytes(argv[0]))
 
     def _safe_alone(self, word: bytes) -> bool:
         rules = self.rules

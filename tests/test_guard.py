@@ -426,3 +426,46 @@ def test_functions_are_checked_when_loaded(url_client, admin) -> None:
     finally:
         admin.function_delete("redisopt_guard_good")
     assert admin.get("precious") == "keep me"
+
+
+HAND_PACKED_REFUSED = {
+    "flushall": ((b"FLUSHALL",), []),
+    "config-set": ((b"config", b"set"), [b"maxmemory", b"1mb"]),
+    "eval-flush": ((b"EVAL",), [b"return redis.call('FLUSHDB')", b"0"]),
+    "function-replace": ((b"FUNCTION", b"LOAD", b"REPLACE"), [LIB_BODY.encode()]),
+}
+
+
+@pytest.mark.parametrize(("head", "values"), HAND_PACKED_REFUSED.values(), ids=HAND_PACKED_REFUSED.keys())
+def test_hand_packed_commands_are_guarded_too(url_client, admin, head, values) -> None:
+    """connection.send_packed (WorkQueue.put_many's path) bypasses redis-py's packer, not the guard."""
+    from redisopt.connection import pack_command, send_packed
+
+    admin.delete("fresh")
+    before = _state(admin)
+    commands = [pack_command((b"RPUSH", b"fresh"), [b"1"]), pack_command(head, values)]
+    with redisopt.count_round_trips(url_client) as rt, pytest.raises(redisopt.DestructiveCommandError):
+        send_packed(url_client, commands)
+    assert (rt.round_trips, rt.commands) == (0, 0)  # refused before any byte of the batch was sent
+    assert admin.exists("fresh") == 0 and _state(admin) == before
+
+
+def test_a_hand_packed_name_never_whitelists_a_redis_py_spelling(url_client, admin) -> None:
+    """On our wire b"CONFIG SET" is one (unknown) name; passed to redis-py it is split in two and refused."""
+    from redisopt.connection import pack_command, send_packed
+
+    with pytest.raises(redis.exceptions.ResponseError, match="(?i)unknown command"):
+        send_packed(url_client, [pack_command((b"CONFIG SET", b"maxmemory"), [b"1mb"])])
+    with pytest.raises(redisopt.DestructiveCommandError):
+        url_client.execute_command(b"CONFIG SET", "maxmemory", "1mb")
+    assert admin.config_get("maxmemory")["maxmemory"] == "0"
+
+
+def test_the_queue_runs_on_a_url_server_counted(url_client, admin) -> None:
+    queue = redisopt.WorkQueue(url_client, "guarded")
+    queue.clear()
+    with redisopt.count_round_trips(url_client) as rt:
+        assert queue.put_many({"i": i} for i in range(2_500)) == 2_500
+    assert (rt.round_trips, rt.commands) == (1, 3)
+    assert admin.llen(queue.key) == 2_500 and queue.get(0) == {"i": 0}
+    queue.clear()
