@@ -8,7 +8,7 @@ Each policy gets its own private server (``start_server``), all run side by side
    must have: mistakes 1 and 4) are written first, then left alone for ``idle`` seconds — the LRU
    clock ticks once a second, so after that they are strictly older than any cache key;
 2. ``maxmemory`` is set to what the server uses at that point plus a small ``budget``;
-3. a cache-aside workload runs: Zipf-skewed GETs, and on a miss SET with a TTL, batched.
+3. a cache-aside workload runs: Zipf-skewed reads (MGET per batch), and on a miss SET with a TTL.
 
 What follows is exact enough to check: ``allkeys-lru`` evicts the queue (it is the least recently
 used key, and with thousands of evictions it is sampled); ``volatile-*`` spare the queue (no TTL)
@@ -48,9 +48,9 @@ BARRIER_TIMEOUT = 120.0  # seconds: starting the servers and writing the queue t
 
 @dataclass(frozen=True)
 class EvictionWorkload:
-    """The lab's knobs. Defaults: ~900 cache keys fit, and the traffic evicts ~3 times that many."""
+    """The lab's knobs. Defaults: ~200-300 cache keys fit, and the traffic evicts ~10 times that many."""
 
-    requests: int = 8_000
+    requests: int = 5_000
     keyspace: int = 20_000
     skew: float = 1.0  # Zipf exponent: rank r is requested with weight 1 / r**skew
     value_size: int = 500
@@ -58,7 +58,7 @@ class EvictionWorkload:
     queue_jobs: int = 500
     locks: int = 20
     lock_ttl: int = 30
-    budget: int = 512 << 10  # bytes of room above what the queue and the locks use
+    budget: int = 256 << 10  # bytes of room above what the queue and the locks use
     idle: float = 1.1  # seconds the queue and locks stay untouched before the cache traffic
     batch: int = 50  # requests per round trip: small, so reply buffers stay small next to budget
     seed: int = 7
@@ -113,15 +113,12 @@ def _limit(client: redis.Redis, baseline: int, budget: int, w: EvictionWorkload,
 
 
 def _traffic(cache: redis.Redis, w: EvictionWorkload, ranks: list[int]) -> dict[str, int]:
-    """Cache-aside: a batch of GETs, then one SET (with TTL) per miss; counts hits and OOM refusals."""
+    """Cache-aside: one MGET per batch, then one SET (with TTL) per miss; counts hits and OOM refusals."""
     value = "v" * w.value_size
     hits = oom = 0
     for start in range(0, len(ranks), w.batch):
         keys = [f"{CACHE}{rank}" for rank in ranks[start:start + w.batch]]
-        pipe = cache.pipeline(transaction=False)
-        for key in keys:
-            pipe.get(key)
-        found = pipe.execute()
+        found = cache.mget(keys)
         misses = [key for key, got in zip(keys, found, strict=True) if got is None]
         hits += len(keys) - len(misses)
         pipe = cache.pipeline(transaction=False)
