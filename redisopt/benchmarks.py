@@ -37,6 +37,9 @@ from redisopt.server import start_server
 from redisopt.servers import Server
 
 PREFIX = KeySpace(WORKBOOK).key("bench")  # redisopt:bench
+# SETs per batch through the 1 ms proxy: big enough that the pipeline's one RTT (~1.3 ms) is small
+# next to its client work (~15-20 µs per SET in redis-py here), so the ratio measures that work
+PROXY_BATCH = 1_000
 
 
 def best_of(fn: Callable[[], Any], repeat: int = 3, setup: Callable[[], Any] | None = None) -> float:
@@ -52,7 +55,14 @@ def best_of(fn: Callable[[], Any], repeat: int = 3, setup: Callable[[], Any] | N
 
 
 def enqueue(client: redis.Redis, items: list[Any], codec: str = "orjson") -> dict[str, float]:
-    """WorkQueue.put_many against a hand-written variadic RPUSH of the same encoded items."""
+    """WorkQueue.put_many against a hand-written variadic RPUSH of the same encoded items.
+
+    The hand-written loop keeps each chunk's 1,000 orjson results alive until its RPUSH is sent,
+    and that is slow here for an allocator reason (see ``codecs``): each result holds a ~4 KiB
+    heap block, freeing a chunk's ~4 MB lets glibc trim the heap top, and the next chunk faults it
+    back in page by page (~430 minor faults per chunk; none with MALLOC_TRIM_THRESHOLD_ raised).
+    put_many frames each value into its RESP chunk and drops it at once, so it never builds up.
+    """
     key = f"{PREFIX}:raw"
     queue = WorkQueue(client, "bench", codec)
     dumps = get_codec(codec).encode
@@ -65,13 +75,16 @@ def enqueue(client: redis.Redis, items: list[Any], codec: str = "orjson") -> dic
         client.unlink(key, queue.key)
 
     raw_s = best_of(raw, setup=clear)
+    pushed = {"raw_items": client.llen(key)}  # the last run of each, as a check that it timed real work
     helper_s = best_of(lambda: queue.put_many(items), setup=clear)
+    pushed["enqueue_items"] = len(queue)
     clear()
-    return {"enqueue_many_items_per_s": len(items) / helper_s, "raw_variadic_items_per_s": len(items) / raw_s}
+    return {"enqueue_many_items_per_s": len(items) / helper_s, "raw_variadic_items_per_s": len(items) / raw_s,
+            **pushed}
 
 
-def redis_benchmark_rpush(server: Server, requests: int) -> tuple[float | None, str]:
-    """``redis-benchmark -P 100 -t rpush`` against the same server: the physical limit here."""
+def redis_benchmark_rpush(server: Server, requests: int, repeat: int = 3) -> tuple[float | None, str]:
+    """``redis-benchmark -P 100 -t rpush`` against the same server: the best of ``repeat`` runs, as ours."""
     tool = shutil.which("redis-benchmark") or shutil.which("valkey-benchmark")
     if tool is None:
         return None, "redis-benchmark is not on PATH (Debian: apt-get install redis-tools)"
@@ -79,23 +92,31 @@ def redis_benchmark_rpush(server: Server, requests: int) -> tuple[float | None, 
     # its command line (visible to this user and root only, for the few seconds it runs).
     command = [tool, "-h", server.host, "-p", str(server.port), "-a", server.password or "", "-P", "100",
                "-t", "rpush", "-n", str(requests), "-q", "--csv"]
-    try:
-        out = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        return None, f"{tool} did not run: {exc}"
-    match = re.search(r'"RPUSH[^"]*","([\d.]+)"', out)
-    if not match:
-        return None, f"{tool} printed no RPUSH rate: {out.strip()[:200]!r}"
-    return float(match.group(1)), os.path.basename(tool)
+    rates = []
+    for _ in range(repeat):
+        try:
+            out = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+        except (OSError, subprocess.SubprocessError) as exc:
+            return None, f"{tool} did not run: {exc}"
+        match = re.search(r'"RPUSH[^"]*","([\d.]+)"', out)
+        if not match:
+            return None, f"{tool} printed no RPUSH rate: {out.strip()[:200]!r}"
+        rates.append(float(match.group(1)))
+    return max(rates), f"{os.path.basename(tool)}, best of {repeat}"
 
 
 def speedups(client: redis.Redis, n: int) -> dict[str, float]:
-    """One SET per round trip vs one pipeline of them vs one variadic MSET, ``n`` keys (4장's ladder)."""
+    """One SET per round trip vs one pipeline of them vs one variadic MSET, ``n`` keys (4장's ladder).
+
+    Also each path's time per command (µs): a pipeline can beat single commands by at most
+    ``single_us / pipeline_us`` at loopback's client cost, whatever the batch (its one RTT shrinks as n grows).
+    """
     cases = insert_cases(client, f"{PREFIX}:k", n)
     client.ping()  # connect outside the timing
     single_s = best_of(cases["개별 SET"])
-    result = {"pipeline": single_s / best_of(cases["파이프라인"]),
-              "variadic": single_s / best_of(cases["MSET (가변 인자)"])}
+    pipeline_s = best_of(cases["파이프라인"])
+    result = {"pipeline": single_s / pipeline_s, "variadic": single_s / best_of(cases["MSET (가변 인자)"]),
+              "single_us": single_s / n * 1e6, "pipeline_us": pipeline_s / n * 1e6}
     unlink_matching(client, f"{PREFIX}:k:*")
     return result
 
@@ -129,16 +150,22 @@ def run(quick: bool = False) -> dict[str, Any]:
         rate, how = redis_benchmark_rpush(server, 1_000_000 // scale)
         result["redis_benchmark_rpush_p100_per_s"] = rate
         result["redis_benchmark_note"] = how
-        loopback = speedups(client, 2_000 // scale)
+        batch = {"loopback": 2_000 // scale, "proxy_1ms": PROXY_BATCH // scale}
+        loopback = speedups(client, batch["loopback"])
         with LatencyProxy(server, rtt_ms=1.0) as proxy:
             slow = proxy.client()
             try:
-                proxied = speedups(slow, max(200 // scale, 20))
+                proxied = speedups(slow, batch["proxy_1ms"])
                 result["proxy_1ms_measured_rtt_ms"] = proxy.measure_rtt(samples=21).proxied_ms
             finally:
                 slow.close()
         result["pipeline_speedup"] = {"loopback": loopback["pipeline"], "proxy_1ms": proxied["pipeline"]}
         result["variadic_speedup"] = {"loopback": loopback["variadic"], "proxy_1ms": proxied["variadic"]}
+        result["speedup_batch"] = batch  # SETs per batch, each timed as one SET per round trip
+        result["pipeline_us_per_set"] = {"loopback": loopback["pipeline_us"], "proxy_1ms": proxied["pipeline_us"]}
+        result["single_us_per_set"] = {"loopback": loopback["single_us"], "proxy_1ms": proxied["single_us"]}
+        # the most any batch size could give through the proxy at this client's cost per pipelined SET
+        result["pipeline_speedup_ceiling_proxy_1ms"] = proxied["single_us"] / loopback["pipeline_us"]
         result.update(lock_figures(client, 2_000 // scale))
         if rate:
             result["enqueue_vs_redis_benchmark"] = result["enqueue_many_items_per_s"] / rate

@@ -73,8 +73,9 @@ class _Instrumented:
         """Refuse before anything is sent; checks what redis-py's packer will put on the wire."""
         if self.tap.guard.rules is None:  # type: ignore[union-attr]
             self.connect()  # type: ignore[attr-defined]  # the handshake fetches the rules
+        check, pack = self.tap.guard.check_call, self._command_packer.pack  # type: ignore[union-attr,attr-defined]
         for args in commands:
-            self.tap.guard.check_call(args, self._command_packer.pack)  # type: ignore[union-attr,attr-defined]
+            check(args, pack)
 
     def send_command(self, *args: Any, **kwargs: Any) -> None:
         if not self._in_handshake:

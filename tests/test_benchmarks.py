@@ -35,6 +35,16 @@ def test_figures_are_sane(report: dict) -> None:
     assert report["proxy_1ms_measured_rtt_ms"] >= 1.0  # the proxy never adds less than asked
     for speedups in (report["pipeline_speedup"], report["variadic_speedup"]):
         assert all(value > 1 for value in speedups.values())  # batching never loses to one per round trip
+    batch = report["speedup_batch"]
+    assert set(batch) == {"loopback", "proxy_1ms"} and all(n >= 100 for n in batch.values())
+    single, piped = report["single_us_per_set"], report["pipeline_us_per_set"]
+    assert single["proxy_1ms"] >= 1_000 > single["loopback"]  # one SET per round trip pays the proxy's RTT
+    assert piped["proxy_1ms"] < single["proxy_1ms"] and report["pipeline_speedup_ceiling_proxy_1ms"] > 1
+
+
+def test_enqueue_many_sends_what_it_was_given(report: dict) -> None:
+    """Not a speed check: the helper and the hand-written RPUSH both pushed every item (or they timed nothing)."""
+    assert report["enqueue_items"] == report["raw_items"] > 0
 
 
 def test_redis_benchmark_is_reported_or_explained(report: dict) -> None:
