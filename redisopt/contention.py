@@ -169,30 +169,53 @@ def interleaving(client: redis.Redis, key: str, *, transaction: bool, others: in
     return replies
 
 
-def gaps_under_load(client: redis.Redis, key: str, *, transaction: bool, commands: int = 20_000) -> int:
-    """``sequence_gaps`` of a block of ``commands`` INCRs sent while another thread INCRs the same key.
+def gaps_under_load(client: redis.Redis, key: str, *, transaction: bool, commands: int = 2_000) -> int:
+    """``sequence_gaps`` of our block of ``commands`` INCRs when another connection sends as many at once.
 
-    Real traffic, not a staged one: the server reads a big pipeline in pieces and serves other
-    clients between them, so a plain pipeline usually shows gaps (how many depends on timing);
-    MULTI/EXEC never does.
+    Real traffic, not a staged order: both blocks are packed first and sent at the same moment from
+    two threads, and the server reads each big block in pieces (about 16 KB at a time), serving the
+    other connection between them. A plain pipeline then usually shows gaps (how many depends on
+    timing); MULTI/EXEC never does. The blocks are packed before sending so that Python's GIL, not
+    the server, cannot decide the outcome.
     """
-    from redisopt.txn import exec_replies, sequence_gaps
+    from redisopt.txn import sequence_gaps
 
-    stop = threading.Event()
-
-    def writer() -> None:
-        while not stop.is_set():
-            client.incr(key)
-
-    thread = threading.Thread(target=writer, name="gaps-writer", daemon=True)
-    thread.start()
+    ours_cmds: list[tuple[Any, ...]] = [("INCR", key)] * commands
+    if transaction:
+        ours_cmds = [("MULTI",), *ours_cmds, ("EXEC",)]
+    pool = client.connection_pool
+    ours, theirs = pool.get_connection(), pool.get_connection()
+    errors: list[BaseException] = []
     try:
-        replies = exec_replies(client, lambda pipe: [pipe.incr(key) for _ in range(commands)],
-                               transaction=transaction)
-    finally:
-        stop.set()
+        our_blob = ours.pack_commands(ours_cmds)
+        their_blob = theirs.pack_commands([("INCR", key)] * commands)
+        start = threading.Barrier(2)
+
+        def other() -> None:
+            try:
+                start.wait()
+                theirs.send_packed_command(their_blob)
+                for _ in range(commands):
+                    theirs.read_response()
+            except BaseException as exc:  # noqa: BLE001 - re-raised by the caller below
+                errors.append(exc)
+
+        thread = threading.Thread(target=other, name="gaps-other", daemon=True)
+        thread.start()
+        start.wait()
+        ours.send_packed_command(our_blob)
+        replies = [ours.read_response() for _ in ours_cmds]
         thread.join()
-    return sequence_gaps(replies)
+    except BaseException:
+        ours.disconnect()  # replies may be left unread: never hand these connections out again
+        theirs.disconnect()
+        raise
+    finally:
+        pool.release(ours)
+        pool.release(theirs)
+    if errors:
+        raise errors[0]
+    return sequence_gaps(replies[-1] if transaction else replies)
 
 
 def _show(reply: Any) -> Any:

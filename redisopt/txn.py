@@ -172,12 +172,13 @@ return value
 def article_watch_add(client: redis.Redis, key: str, amount: int = 1) -> int:
     """THE ARTICLE'S MISTAKE, kept on purpose (DESIGN §7 mistake 5): do not copy. Loses updates.
 
-    * ``client.watch(key)`` is called on the pooled client, not on the pipeline. Even where it
-      sends WATCH (redis-py 2.x, or ``execute_command("WATCH", ...)``) it lands on whichever
-      connection is free, which goes straight back to the pool, while MULTI/EXEC run on another
-      connection that watches nothing — and the WATCH left behind can make a later, unrelated
-      transaction on that connection fail. In redis-py 3 and later it is worse: ``Redis.watch``
-      only issues a DeprecationWarning (hidden by default) and sends nothing at all.
+    * ``client.watch(key)`` is called on the pooled client, not on the pipeline. Where WATCH is
+      really sent that way (``execute_command("WATCH", ...)``, or a client that sends it) it lands
+      on whichever connection is free, which goes straight back to the pool, while MULTI/EXEC run
+      on another connection that watches nothing — and the WATCH left behind can make a later,
+      unrelated transaction on that connection fail. redis-py is worse: ``Redis.watch`` only
+      issues a DeprecationWarning (hidden by default) and sends nothing at all, as it already did
+      in redis-py 2.x.
     * The value read after "WATCH" is not what the transaction is conditioned on, so it is used
       as if it were protected while it is not.
     * ``except redis.WatchError`` is fine — it *is* ``redis.exceptions.WatchError`` — but it never

@@ -115,6 +115,6 @@ def test_a_session_stages_another_writer_and_leaves_no_watch_behind(server: redi
 
 
 def test_under_load_multi_exec_shows_no_gap(r: redis.Redis, ks: redisopt.KeySpace) -> None:
-    assert gaps_under_load(r, ks.key("load"), transaction=True, commands=3_000) == 0
-    gaps = [gaps_under_load(r, ks.key("load"), transaction=False, commands=5_000) for _ in range(10)]
-    assert max(gaps) > 0  # a plain pipeline is read in pieces and other clients get in between
+    assert [gaps_under_load(r, ks.key("load"), transaction=True) for _ in range(3)] == [0, 0, 0]
+    gaps = [gaps_under_load(r, ks.key("load"), transaction=False) for _ in range(10)]
+    assert sum(g > 0 for g in gaps) >= 3  # a plain pipeline is read in pieces and the other gets in between
