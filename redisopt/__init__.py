@@ -16,6 +16,7 @@ from redisopt.bench import (
     sweep,
     worst_stall_ms,
 )
+from redisopt.blocking import fill_hash, lazyfreed_objects, longest_us, plot_timelines, slowlog_entries
 from redisopt.bulk import add_many, push_many, scan_keys, unlink_matching
 from redisopt.codecs import Codec, get_codec
 from redisopt.contention import Hammered, contention_sweep, gaps_under_load, hammer, interleaving, on_one_connection
@@ -40,6 +41,7 @@ from redisopt.fencing import FencedResource
 from redisopt.keyspace import KeySpace
 from redisopt.leaderboard import Leaderboard, top_by_sorting
 from redisopt.lock import Lock, LockStrategy
+from redisopt.lockaudit import article_cleanup_expired_locks, locks_without_ttl, repair_lock_ttls
 from redisopt.membership import membership_cases
 from redisopt.memory import (
     embstr_boundary,
@@ -160,6 +162,7 @@ __all__ = [
     "StaleTokenError",
     "USER_FIELDS",
     "add_many",
+    "article_cleanup_expired_locks",
     "article_watch_add",
     "compare",
     "connect",
@@ -170,16 +173,23 @@ __all__ = [
     "encoding_zoo",
     "encodings",
     "exec_replies",
+    "fill_hash",
     "has_command",
+    "lazyfreed_objects",
+    "locks_without_ttl",
+    "longest_us",
     "measure",
     "membership_cases",
     "memory_usage",
     "predict_string_encodings",
+    "plot_timelines",
     "push_many",
+    "repair_lock_ttls",
     "resp_bulk_size",
     "sample_users",
     "scan_keys",
     "sequence_gaps",
+    "slowlog_entries",
     "speedup",
     "start_server",
     "summarize",
