@@ -18,6 +18,7 @@ from redisopt.bench import (
 )
 from redisopt.blocking import fill_hash, lazyfreed_objects, longest_us, plot_timelines, slowlog_entries
 from redisopt.bulk import add_many, push_many, scan_keys, unlink_matching
+from redisopt.cache import MISS, Cache, CacheStats
 from redisopt.codecs import Codec, get_codec
 from redisopt.contention import Hammered, contention_sweep, gaps_under_load, hammer, interleaving, on_one_connection
 from redisopt.dashboard import Dashboard, WorkloadReport, plot_dashboard, run_workload
@@ -78,13 +79,24 @@ from redisopt.netem import LatencyProxy, RttReport
 from redisopt.queue import ArticleQueueUpdate, RequestTable, WorkQueue
 from redisopt.records import LAYOUTS, USER_FIELDS, RecordStore, has_command, resp_bulk_size, sample_users
 from redisopt.server import Server, connect, default_server, start_server
+from redisopt.staleset import GatedLoader, StaleSetResult, stale_set_race
+from redisopt.store import SQLiteStore
 from redisopt.sweeps import bucket_of, bucketing, codec_table, count_sweep, size_sweep
 from redisopt.txn import SharedCounter, TxnResult, article_watch_add, exec_replies, sequence_gaps, transact
+from redisopt.writebehind import WriteBehindFlusher
 
 # Hangul is double-width in a terminal font: let pandas pad tables so Korean columns line up.
 _pd.set_option("display.unicode.east_asian_width", True)
 
 __all__ = [
+    "Cache",
+    "CacheStats",
+    "GatedLoader",
+    "MISS",
+    "SQLiteStore",
+    "StaleSetResult",
+    "WriteBehindFlusher",
+    "stale_set_race",
     "EVICTION_POLICIES",
     "EvictionWorkload",
     "ZSetExpiry",

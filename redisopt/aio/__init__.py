@@ -3,9 +3,9 @@
 Same server as ``redisopt.connect()`` (provisioned on first use), same exact round-trip counter
 (``redisopt.count_round_trips`` works on these clients too), same guard on a REDIS_URL server.
 
-``WorkQueue`` and ``Lock`` are the asyncio twins of ``redisopt.WorkQueue`` and ``redisopt.Lock``:
-same scripts, keys, codecs and errors (shared code, not copies); ``await q.length()`` and
-``async with lock`` where the sync API uses ``len(q)`` and ``with``.
+``WorkQueue``, ``Lock`` and ``Cache`` are the asyncio twins of ``redisopt.WorkQueue``,
+``redisopt.Lock`` and ``redisopt.Cache``: same scripts, keys, codecs and errors (shared code, not
+copies); ``await q.length()`` and ``async with lock`` where the sync API uses ``len(q)`` and ``with``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 import redis.asyncio
 
+from redisopt.aio.cache import Cache
 from redisopt.aio.connection import ASYNC_CLASSES
 from redisopt.aio.lock import Lock
 from redisopt.aio.queue import WorkQueue
@@ -21,7 +22,7 @@ from redisopt.pool import MAX_CONNECTIONS, POOL_TIMEOUT, timeout_error
 from redisopt.server import default_server
 from redisopt.servers import Server
 
-__all__ = ["AsyncServerPool", "Lock", "WorkQueue", "client_for", "connect"]
+__all__ = ["AsyncServerPool", "Cache", "Lock", "WorkQueue", "client_for", "connect"]
 
 
 class AsyncServerPool(redis.asyncio.BlockingConnectionPool):
