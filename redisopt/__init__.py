@@ -78,6 +78,7 @@ from redisopt.monitor import (
 from redisopt.netem import LatencyProxy, RttReport
 from redisopt.queue import ArticleQueueUpdate, RequestTable, WorkQueue
 from redisopt.records import LAYOUTS, USER_FIELDS, RecordStore, has_command, resp_bulk_size, sample_users
+from redisopt.roundtrips import SET_MANY_LUA, ladder_cases, push_cases, round_trip_table, server_usec
 from redisopt.server import Server, connect, default_server, start_server
 from redisopt.staleset import GatedLoader, StaleSetResult, stale_set_race
 from redisopt.store import SQLiteStore
@@ -149,6 +150,7 @@ __all__ = [
     "on_one_connection",
     "ConfigError",
     "SharedCounter",
+    "SET_MANY_LUA",
     "DestructiveCommandError",
     "FencedResource",
     "KeySpace",
@@ -190,18 +192,22 @@ __all__ = [
     "lazyfreed_objects",
     "locks_without_ttl",
     "longest_us",
+    "ladder_cases",
     "measure",
     "membership_cases",
     "memory_usage",
     "predict_string_encodings",
     "plot_timelines",
+    "push_cases",
     "push_many",
     "repair_lock_ttls",
     "resp_bulk_size",
+    "round_trip_table",
     "sample_users",
     "scan_keys",
     "sequence_gaps",
     "slowlog_entries",
+    "server_usec",
     "speedup",
     "start_server",
     "summarize",
