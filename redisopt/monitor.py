@@ -239,7 +239,8 @@ def enable_latency_monitor(client: redis.Redis, threshold_ms: int) -> None:
 def latency_latest(client: redis.Redis) -> pd.DataFrame:
     """LATENCY LATEST: per event (``command``, ``fast-command``, ``expire-cycle``, …) its latest and max ms.
 
-    Valkey 8.1+ adds the total and the count of spikes; Redis leaves them out (NaN here).
+    Valkey 8.1 and 9.1 (checked here) add the total and the count of spikes; a server that leaves
+    them out gets NaN in those columns.
     """
     rows = []
     for entry in client.execute_command("LATENCY", "LATEST"):
