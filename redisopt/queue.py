@@ -63,7 +63,7 @@ def wait_slices(timeout: float | None, socket_timeout: float | None) -> Iterator
 
 class QueueCore:
     """What a WorkQueue does besides I/O, shared with its asyncio twin (``redisopt.aio.WorkQueue``):
-    checks, key, codec, encoding by chunk and window, commands and replies."""
+    checks, key, codec, encoding and packing by chunk, commands and replies."""
 
     def __init__(
         self,
@@ -103,20 +103,6 @@ class QueueCore:
             parts.append(self._encode(batch, done))
             done += len(batch)
         return parts, done
-
-    def _windows(self, items: Iterable[Any]) -> Iterator[tuple[list[list[bytes]], int]]:
-        """One window at a time: its encoded chunks and its item count, encoded just before it is
-        sent; a bad item's EncodeError carries ``.sent``, the items of earlier windows."""
-        sent = 0
-        for window in chunked(items, self.chunk * self.window):
-            try:
-                parts = [self._encode(batch, sent + i * self.chunk)
-                         for i, batch in enumerate(chunked(window, self.chunk))]
-            except TypeError as exc:
-                exc.sent = sent  # type: ignore[attr-defined]
-                raise
-            yield parts, len(window)
-            sent += len(window)
 
     def _packed(self, items: Iterable[Any]) -> tuple[list[PackedCommand], int]:
         """Every chunk as one RPUSH packed to RESP, all before any is sent; and how many items.
