@@ -190,19 +190,35 @@ def test_queue_none_and_unserializable_items_raise_before_anything_is_sent(serve
             pipe = client.pipeline()
             with pytest.raises(TypeError):
                 await q.put_many(items, pipeline=pipe)
-        later = redisopt.aio.WorkQueue(client, "later", keyspace=ks, chunk=10, window=2)
-        bad: list[Any] = list(range(50))
-        bad[45] = b"bytes are not JSON"
-        with pytest.raises(TypeError, match="bytes") as partial:
-            await later.put_many(bad)
+            later = redisopt.aio.WorkQueue(client, "later", keyspace=ks, chunk=10, window=2)
+            bad: list[Any] = list(range(50))
+            bad[45] = b"bytes are not JSON"
+            with pytest.raises(TypeError, match="bytes") as in_a_later_window:
+                await later.put_many(bad)
         await q.put([None])  # None inside an item is a value like any other
-        return rt, info.value, pipe.command_stack, await later.length(), (partial.value, await q.get(0))
+        return rt, info.value, pipe.command_stack, (in_a_later_window.value, await later.length(), await q.get(0))
 
-    rt, error, stack, later_length, (partial, nested) = arun(server, body)
+    rt, error, stack, (later_error, later_length, nested) = arun(server, body)
     assert rt.round_trips == 0 and stack == []
     assert (error.index, error.sent) == (1_500, 0)
-    assert (partial.index, partial.sent) == (45, 40) and later_length == 40
+    assert (later_error.index, later_error.sent, later_length) == (45, 0, 0)
     assert nested == [None]
+
+
+def test_queue_put_many_raises_an_error_reply_and_the_connection_stays_in_step(server: redisopt.Server,
+                                                                              r: redis.Redis,
+                                                                              ks: redisopt.KeySpace) -> None:
+    key = redisopt.queue.queue_key("wrong", ks)
+    r.set(key, "not a list")
+
+    async def body(client: Any) -> tuple[Any, list[Any]]:
+        q = redisopt.aio.WorkQueue(client, "wrong", keyspace=ks, chunk=10, window=3)
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            await q.put_many(range(100))
+        # every reply of each window was read: the pooled connection answers its own commands
+        return await client.get(key), [await client.echo(str(i)) for i in range(3)]
+
+    assert arun(server, body, max_connections=1) == ("not a list", ["0", "1", "2"])
 
 
 def test_queue_put_many_joins_a_callers_multi_pipeline(server: redisopt.Server, ks: redisopt.KeySpace) -> None:

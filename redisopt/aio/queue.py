@@ -6,6 +6,11 @@ Differences forced by asyncio: ``await q.length()`` where the sync queue has ``l
 call is awaited. ``get`` blocks on the server (BLPOP), never polls: a waiting task costs the event
 loop nothing, but holds one pooled connection for as long as it waits.
 
+``put_many`` packs its RPUSH commands with the sync queue's ``QueueCore._packed`` (every item
+encoded before anything is sent, only wire bytes kept) and writes ``window`` of them per round trip
+through ``send_packed`` below, the asyncio counterpart of ``redisopt.connection.send_packed``
+(counted, guarded, every reply read).
+
 Cancelling a task inside ``get`` drops its connection; an item the server popped for it in that
 instant is lost with the reply (as with any client that dies mid-BLPOP). Use BLMOVE to a
 processing list where that matters.
@@ -13,16 +18,51 @@ processing list where that matters.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis.asyncio
 from redis.client import NEVER_DECODE
 
+from redisopt.bulk import chunked
+from redisopt.connection import PackedCommand, Tap
 from redisopt.errors import check_timeout
 from redisopt.queue import QueueCore, pop_command, pop_payload, wait_slices
 
-__all__ = ["WorkQueue"]
+__all__ = ["WorkQueue", "send_packed"]
+
+
+async def send_packed(client: redis.asyncio.Redis, commands: Sequence[PackedCommand]) -> list[Any]:
+    """``redisopt.connection.send_packed`` on an asyncio client: ``commands`` in one write (one round
+    trip), each counted and (on a user's server) checked by the guard before any byte is sent; every
+    reply read, then the first error reply raised. A connection left out of step (cancelled between
+    the write and its replies) is dropped, never handed to the next caller."""
+    pool = client.connection_pool
+    conn = await pool.get_connection()  # connected: the handshake has fetched the guard's rules
+    try:
+        tap = getattr(conn, "tap", None)
+        if isinstance(tap, Tap):
+            if tap.guard is not None:
+                for command in commands:
+                    tap.guard.check_packed(command.name, command.data)
+            tap.add(commands=len(commands))
+        replies: list[Any] = []
+        try:
+            await conn.send_packed_command([command.data for command in commands])
+            for _ in commands:
+                try:
+                    replies.append(await conn.read_response())
+                except redis.exceptions.ResponseError as exc:  # parsed: the connection is still in step
+                    replies.append(exc)
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+    finally:
+        await pool.release(conn)
+    error = next((r for r in replies if isinstance(r, redis.exceptions.ResponseError)), None)
+    if error is not None:
+        raise error
+    return replies
 
 
 class WorkQueue(QueueCore):
@@ -42,23 +82,24 @@ class WorkQueue(QueueCore):
     async def put_many(self, items: Iterable[Any], pipeline: redis.asyncio.client.Pipeline | None = None) -> int:
         """Append ``items`` in order with variadic RPUSH of ``chunk`` values; returns how many.
 
-        As ``redisopt.WorkQueue.put_many``: ``window`` commands per round trip, each window encoded
-        just before it is sent; a bad item raises EncodeError (a TypeError) whose ``.sent`` counts
-        the items already pushed. With a caller's pipeline everything is encoded first.
+        As ``redisopt.WorkQueue.put_many``: every item is encoded before anything is sent, so a bad
+        item raises EncodeError (a TypeError naming it, ``.sent`` 0) with the queue untouched; then
+        ``window`` packed commands per round trip, every reply checked. With a caller's pipeline
+        the chunks join it as ordinary RPUSH, and the caller executes it.
         """
         if pipeline is not None:
             parts, done = self._encode_all(items)
             for part in parts:
                 await self.do_push(part, pipeline)
             return done
-        sent = 0
-        for parts, count in self._windows(items):
-            pipe = self.client.pipeline(transaction=False)
-            for part in parts:
-                await self.do_push(part, pipe)
-            await pipe.execute()
-            sent += count
-        return sent
+        try:
+            commands, done = self._packed(items)
+        except TypeError as exc:
+            exc.sent = 0  # type: ignore[attr-defined]
+            raise
+        for window in chunked(commands, self.window):
+            await send_packed(self.client, window)
+        return done
 
     async def do_push(self, payloads: list[bytes], pipeline: redis.asyncio.client.Pipeline | None = None) -> None:
         """One RPUSH of encoded payloads, queued on ``pipeline`` or sent at once."""
