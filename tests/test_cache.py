@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import redisopt
 from redisopt import MISS, Cache, SQLiteStore
+from redisopt.servers import UrlServer
 from redisopt.stampede import xfetch_due
 
 
@@ -412,3 +413,24 @@ def test_the_decorator_caches_by_arguments(r: redis.Redis, ks: redisopt.KeySpace
     user(1)
     profile(7)
     assert calls == [1, 1, -7, 1, -7]
+
+
+@pytest.mark.parametrize("stampede", ["none", "lock", "xfetch"])
+def test_every_operation_passes_the_guard_of_a_users_server(server: redisopt.Server, ks: redisopt.KeySpace,
+                                                            store: SQLiteStore, stampede: str) -> None:
+    """On a REDIS_URL server the guard refuses destructive commands and reads scripts before they
+    load: the cache's commands and scripts all pass, the flusher's stream commands too."""
+    client = UrlServer(f"redis://:{server.password}@127.0.0.1:{server.port}/0").client()
+    try:
+        with pytest.raises(redisopt.DestructiveCommandError):
+            client.flushdb()  # the guard is really on
+        cache = Cache(client, ks.key("c"), store=store, stampede=stampede)
+        assert together(10, lambda: cache.get_or_load("k", lambda: "v", tags=["t"])) == ["v"] * 10
+        cache.write_through("w", 1)
+        cache.write_behind("b", 2)
+        assert cache.flusher().drain() == 1 and store.get("b") == 2
+        assert cache.invalidate_tag("t") == 1 and cache.invalidate_pattern("*") == 2
+        assert cache.invalidate("k") is False
+        assert redisopt.stale_set_race(cache, "race").stale is (stampede == "none")
+    finally:
+        client.close()
