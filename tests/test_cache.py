@@ -434,3 +434,17 @@ def test_every_operation_passes_the_guard_of_a_users_server(server: redisopt.Ser
         assert redisopt.stale_set_race(cache, "race").stale is (stampede == "none")
     finally:
         client.close()
+
+
+def test_the_benchmark_figures(r: redis.Redis) -> None:
+    """``python -m redisopt.benchmarks`` gains these keys; the load counts are exact, not timings."""
+    from redisopt.cachebench import cache_benchmarks
+
+    figures = cache_benchmarks(r, quick=True)
+    assert figures["stampede_db_loads_lock"] == 1 and figures["stampede_db_loads_xfetch"] == 1
+    assert figures["stampede_db_loads_none"] > 1
+    assert figures["cache_hit_vs_raw_get"] > 0
+    for name in ("json", "orjson", "msgpack", "json_zlib", "orjson_zlib", "msgpack_zlib"):
+        assert figures[f"codec_{name}_bytes"] > 0 and figures[f"codec_{name}_encode_us"] > 0
+    assert figures["codec_orjson_zlib_bytes"] < figures["codec_orjson_bytes"]  # a 50-record page compresses
+    assert not list(r.scan_iter(match="redisopt:bench:cache:*"))
