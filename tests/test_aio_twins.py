@@ -211,14 +211,17 @@ def test_queue_put_many_raises_an_error_reply_and_the_connection_stays_in_step(s
     key = redisopt.queue.queue_key("wrong", ks)
     r.set(key, "not a list")
 
-    async def body(client: Any) -> tuple[Any, list[Any]]:
+    async def body(client: Any) -> tuple[Any, list[Any], int]:
         q = redisopt.aio.WorkQueue(client, "wrong", keyspace=ks, chunk=10, window=3)
-        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-            await q.put_many(range(100))
-        # every reply of each window was read: the pooled connection answers its own commands
-        return await client.get(key), [await client.echo(str(i)) for i in range(3)]
+        await client.ping()
+        with redisopt.count_round_trips(client) as rt:
+            with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+                await q.put_many(range(100))
+            # every reply of the window was read: the one pooled connection answers its own commands
+            after = await client.get(key), [await client.echo(str(i)) for i in range(3)]
+        return *after, rt.connects
 
-    assert arun(server, body, max_connections=1) == ("not a list", ["0", "1", "2"])
+    assert arun(server, body, max_connections=1) == ("not a list", ["0", "1", "2"], 0)  # 0: not dropped
 
 
 def test_queue_put_many_joins_a_callers_multi_pipeline(server: redisopt.Server, ks: redisopt.KeySpace) -> None:
@@ -674,6 +677,26 @@ def test_twins_pass_the_guard_on_a_redis_url_server(server: redisopt.Server, ks:
         return [await q.get(0), await q.get(1)]
 
     assert arun(url_server, body) == [1, 2]
+
+
+def test_send_packed_is_guarded_on_a_redis_url_server(server: redisopt.Server, r: redis.Redis,
+                                                      ks: redisopt.KeySpace) -> None:
+    from redisopt.connection import pack_command
+
+    r.set(ks.key("precious"), "keep me")
+    url_server = UrlServer(f"redis://:{server.password}@127.0.0.1:{server.port}/0")
+
+    async def body(client: Any) -> Any:
+        await client.ping()
+        with redisopt.count_round_trips(client) as rt:
+            with pytest.raises(redisopt.DestructiveCommandError):
+                await redisopt.aio.queue.send_packed(client, [pack_command((b"RPUSH", ks.key("l").encode()), [b"x"]),
+                                                              pack_command((b"FLUSHDB",), [])])
+        return rt.round_trips, await redisopt.aio.queue.send_packed(
+            client, [pack_command((b"RPUSH", ks.key("l").encode()), [b"x", b"y"])])
+
+    assert arun(url_server, body) == (0, [2])  # refused before any byte was sent, then ordinary writes run
+    assert r.get(ks.key("precious")) == "keep me" and r.lrange(ks.key("l"), 0, -1) == ["x", "y"]
 
 
 def test_twins_work_on_a_bytes_client(server: redisopt.Server, ks: redisopt.KeySpace) -> None:
