@@ -181,8 +181,9 @@ class LockCore:
         """The per-name INCR counter (in the lock key's cluster slot); never written when ``fencing=False``."""
         return self._fencing_key
 
-    @classmethod
-    def _register(cls) -> None:
+    @staticmethod
+    def _register() -> None:
+        """Register the scripts once for both twins (unbound: each call passes ``client=``)."""
         if not LockCore._scripts:
             LockCore._scripts = {"acquire": unbound_script(ACQUIRE_LUA),
                                  "release": unbound_script(RELEASE_LUA),
