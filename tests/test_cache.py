@@ -163,8 +163,10 @@ def test_without_a_guard_the_same_requests_hit_the_database_many_times(r: redis.
 def test_hundreds_of_threads_on_a_shared_client_are_all_served(server: redisopt.Server, ks: redisopt.KeySpace,
                                                                 store: SQLiteStore) -> None:
     """300 threads, one client whose pool holds at most 100 connections: waiters poll and give
-    their connection back between polls, so nobody waits for a connection until PoolTimeoutError."""
-    client = server.client()
+    their connection back between polls. Waiters that held a connection while waiting for the
+    value (a blocking read, as BLPOP-style notifications do) would leave none for the loader's
+    COMMIT nor for each other, and fail with PoolTimeoutError (5 s here, 30 s by default)."""
+    client = server.client(pool_timeout=5.0)
     try:
         assert client.connection_pool.max_connections == 100
         store.put("hot", "value")
