@@ -14,6 +14,8 @@ version never overwrites a newer one (``SQLiteStore.put_many``).
 The price of write-behind, which the chapter must say: until the flusher catches up, the store
 is behind the cache, so a read that misses the cache (expiry, eviction) can load an old value,
 and writes not yet flushed live only in Redis (on a server without persistence, a crash loses them).
+Nothing trims the stream but the flusher (a MAXLEN would drop unflushed writes): with no flusher
+running, it holds every write.
 """
 
 from __future__ import annotations

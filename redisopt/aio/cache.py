@@ -18,7 +18,8 @@ import redis
 import redis.asyncio
 from redis.client import NEVER_DECODE
 
-from redisopt.cache import MISS, CacheCore, default_key
+from redisopt.cache import default_key
+from redisopt.cachecore import MISS, CacheCore
 from redisopt.steps import Call, Cmd, Eval, Load, Pipe, Sleep, Step, Steps
 
 __all__ = ["Cache", "arun"]
