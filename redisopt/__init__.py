@@ -81,6 +81,7 @@ from redisopt.records import LAYOUTS, USER_FIELDS, RecordStore, has_command, res
 from redisopt.roundtrips import SET_MANY_LUA, ladder_cases, push_cases, round_trip_table, server_usec
 from redisopt.server import Server, connect, default_server, start_server
 from redisopt.staleset import GatedLoader, StaleSetResult, stale_set_race
+from redisopt.stampedelab import StampedeRun, cold_burst, steady_expiries
 from redisopt.store import SQLiteStore
 from redisopt.sweeps import bucket_of, bucketing, codec_table, count_sweep, size_sweep
 from redisopt.txn import SharedCounter, TxnResult, article_watch_add, exec_replies, sequence_gaps, transact
@@ -98,6 +99,9 @@ __all__ = [
     "StaleSetResult",
     "WriteBehindFlusher",
     "stale_set_race",
+    "StampedeRun",
+    "cold_burst",
+    "steady_expiries",
     "EVICTION_POLICIES",
     "EvictionWorkload",
     "ZSetExpiry",

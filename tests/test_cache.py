@@ -17,6 +17,7 @@ import redisopt
 from redisopt import MISS, Cache, SQLiteStore
 from redisopt.servers import UrlServer
 from redisopt.stampede import xfetch_due
+from redisopt.stampedelab import cold_burst, steady_expiries
 
 
 @pytest.fixture
@@ -262,47 +263,28 @@ def test_xfetch_stores_the_recompute_time_with_the_value(r: redis.Redis, ks: red
     assert int(head) >= 50_000 and payload == '"v"'  # delta in µs, then the codec's bytes
 
 
-def _steady_load(cache: Cache, seconds: float, threads: int, load_s: float) -> tuple[list[float], int]:
-    """``threads`` threads calling get_or_load back to back for ``seconds`` on a warm key; returns the
-    loads' start times (relative) and how many requests had to wait on the database (misses)."""
-    start = time.monotonic()
-    started: list[float] = []
-    lock = threading.Lock()
-
-    def loader() -> float:
-        with lock:
-            started.append(time.monotonic() - start)
-        time.sleep(load_s)
-        return time.monotonic()
-
-    cache.get_or_load("hot", loader)  # warm, with a real recompute time stored beside the value
-    cache.stats.reset()
-    started.clear()
-    start = time.monotonic()
-
-    def client_loop() -> None:
-        while time.monotonic() - start < seconds:
-            cache.get_or_load("hot", loader)
-            time.sleep(0.002)
-
-    together(threads, client_loop)
-    return started, cache.stats["misses"]
-
-
 def test_xfetch_recomputes_before_expiry_so_requests_rarely_wait(r: redis.Redis, ks: redisopt.KeySpace) -> None:
-    """8 threads for 3 s on a key with a 0.5 s TTL and a 0.1 s recompute (6 expiries). XFetch:
+    """8 threads for 3 s on a key with a 0.5 s TTL and a 0.1 s query (6 expiries). XFetch:
     refreshes happen early, so a request waits on the database only when no request at all fell
     into the last ~0.3 s before an expiry (a stall of the whole machine); allow 2 such misses.
     The lock guard alone, same load: every expiry is a miss that the other threads wait on."""
-    xfetch = Cache(r, ks.key("x"), ttl=0.5, stampede="xfetch", beta=1.0)
-    loads, waited = _steady_load(xfetch, 3.0, 8, 0.1)
-    stats = xfetch.stats.snapshot()
-    assert stats["early_refreshes"] >= 4  # ~6 expiries in 3 s, nearly each one pre-empted
-    assert waited <= 2
-    assert stats["fallback_loads"] == 0 and len(loads) == stats["loads"]
-    locked = Cache(r, ks.key("l"), ttl=0.5, stampede="lock")
-    _, waited_lock = _steady_load(locked, 3.0, 8, 0.1)
-    assert waited_lock >= 4 and waited_lock > waited
+    xfetch = steady_expiries(r, ks, "xfetch", seconds=3.0, threads=8, ttl=0.5, query_s=0.1)
+    assert xfetch.stats["early_refreshes"] >= 4  # ~6 expiries in 3 s, nearly each one pre-empted
+    assert xfetch.stats["misses"] <= 2
+    assert xfetch.stats["fallback_loads"] == 0 and xfetch.db_queries == xfetch.stats["loads"]
+    locked = steady_expiries(r, ks, "lock", seconds=3.0, threads=8, ttl=0.5, query_s=0.1)
+    assert locked.stats["misses"] >= 4 and locked.stats["misses"] > xfetch.stats["misses"]
+    assert locked.stats["early_refreshes"] == 0 and locked.db_queries == locked.stats["loads"]
+
+
+def test_a_cold_burst_costs_one_query_with_a_guard_and_many_without(r: redis.Redis, ks: redisopt.KeySpace) -> None:
+    runs = {m: cold_burst(r, ks, m, requests=50, query_s=0.2) for m in ("none", "lock", "xfetch")}
+    assert runs["lock"].db_queries == runs["xfetch"].db_queries == 1
+    assert runs["none"].db_queries > 1
+    for run in runs.values():
+        assert len(run.requests) == 50 and run.summary()["requests"] == 50
+        assert run.queries_per_bin(0.05).sum() == run.db_queries
+    assert keys_under(r, ks) == set()
 
 
 # ----------------------------------------------------------------------------- the stale-set race
