@@ -3,8 +3,9 @@
 Same server as ``redisopt.connect()`` (provisioned on first use), same exact round-trip counter
 (``redisopt.count_round_trips`` works on these clients too), same guard on a REDIS_URL server.
 
-``WorkQueue``, ``Lock`` and ``Cache`` are the asyncio twins of ``redisopt.WorkQueue``,
-``redisopt.Lock`` and ``redisopt.Cache``: same scripts, keys, codecs and errors (shared code, not
+``WorkQueue``, ``Lock``, ``Cache``, ``ReliableQueue`` and ``StreamQueue`` are the asyncio twins of
+``redisopt.WorkQueue``, ``redisopt.Lock``, ``redisopt.Cache``, ``redisopt.ReliableQueue`` and
+``redisopt.StreamQueue``: same scripts, keys, codecs and errors (shared code, not
 copies); ``await q.length()`` and ``async with lock`` where the sync API uses ``len(q)`` and ``with``.
 """
 
@@ -18,11 +19,13 @@ from redisopt.aio.cache import Cache
 from redisopt.aio.connection import ASYNC_CLASSES
 from redisopt.aio.lock import Lock
 from redisopt.aio.queue import WorkQueue
+from redisopt.aio.reliable import ReliableQueue
+from redisopt.aio.streamqueue import StreamQueue
 from redisopt.pool import MAX_CONNECTIONS, POOL_TIMEOUT, timeout_error
 from redisopt.server import default_server
 from redisopt.servers import Server
 
-__all__ = ["AsyncServerPool", "Cache", "Lock", "WorkQueue", "client_for", "connect"]
+__all__ = ["AsyncServerPool", "Cache", "Lock", "ReliableQueue", "StreamQueue", "WorkQueue", "client_for", "connect"]
 
 
 class AsyncServerPool(redis.asyncio.BlockingConnectionPool):
