@@ -78,11 +78,13 @@ from redisopt.monitor import (
 from redisopt.netem import LatencyProxy, RttReport
 from redisopt.queue import ArticleQueueUpdate, RequestTable, WorkQueue
 from redisopt.records import LAYOUTS, USER_FIELDS, RecordStore, has_command, resp_bulk_size, sample_users
+from redisopt.reliable import Job, ReliableQueue
 from redisopt.roundtrips import SET_MANY_LUA, ladder_cases, push_cases, round_trip_table, server_usec
 from redisopt.server import Server, connect, default_server, start_server
 from redisopt.staleset import GatedLoader, StaleSetResult, stale_set_race
 from redisopt.stampedelab import StampedeRun, cold_burst, steady_expiries
 from redisopt.store import SQLiteStore
+from redisopt.streamqueue import StreamQueue
 from redisopt.sweeps import bucket_of, bucketing, codec_table, count_sweep, size_sweep
 from redisopt.txn import SharedCounter, TxnResult, article_watch_add, exec_replies, sequence_gaps, transact
 from redisopt.writebehind import WriteBehindFlusher
@@ -145,6 +147,10 @@ __all__ = [
     "EncodeError",
     "RequestTable",
     "WorkQueue",
+    # reliable queues (8장)
+    "Job",
+    "ReliableQueue",
+    "StreamQueue",
     "get_codec",
     "Hammered",
     "contention_sweep",
