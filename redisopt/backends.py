@@ -50,6 +50,7 @@ class Choice:
     usable: bool
     reason: str
     start: Callable[[Mapping[str, Any] | None], Server] | None = None
+    executable: str = ""  # the server binary (local and bundled), for kinds that start their own
 
 
 def _probe_url() -> Choice:
@@ -132,7 +133,7 @@ def _probe_binary(backend: str, path: str, origin: str) -> Choice:
         return Choice(backend, False, f"{path} ({origin}) is version {version}, older than 7.2")
     return Choice(
         backend, True, f"{Path(path).name} {version} ({origin})",
-        lambda cfg: ProcessServer(path, backend, cfg),
+        lambda cfg: ProcessServer(path, backend, cfg), path,
     )
 
 

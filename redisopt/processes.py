@@ -23,7 +23,7 @@ import redis
 
 from redisopt import keeper
 from redisopt.errors import ServerStartError
-from redisopt.serverconf import private_settings, render_config
+from redisopt.serverconf import CHAPTER_SETTINGS, private_settings, render_config
 from redisopt.servers import NO_RETRY, START_TIMEOUT, Server
 
 
@@ -60,13 +60,22 @@ def _stop_watchdog(proc: subprocess.Popen[bytes], owner: int, workdir: str, serv
 
 
 class ProcessServer(Server):
-    """A private server process (local or bundled binary) kept by a watchdog."""
+    """A private server process (local or bundled binary) kept by a watchdog.
 
-    def __init__(self, executable: str, backend: str, config: Mapping[str, Any] | None = None) -> None:
-        self.config = private_settings(config)
+    Other server kinds (``cluster.py``'s nodes, ``persistence.py``'s lab) subclass it: they widen
+    ``allowed_settings``, add settings of their own in ``_own_settings`` and may fix the password
+    and port (a cluster's nodes share one password; a restarted lab server keeps its address).
+    """
+
+    allowed_settings: frozenset[str] = CHAPTER_SETTINGS
+
+    def __init__(self, executable: str, backend: str, config: Mapping[str, Any] | None = None, *,
+                 password: str | None = None, port: int = 0) -> None:
+        self.config = private_settings(config, allowed=self.allowed_settings)
         self.backend = backend
         self.executable = executable
-        super().__init__("127.0.0.1", 0, secrets.token_urlsafe(24))
+        self._fixed_port = port
+        super().__init__("127.0.0.1", 0, password or secrets.token_urlsafe(24))
         self.workdir = ""
         self.pid = 0
         try:
@@ -85,7 +94,7 @@ class ProcessServer(Server):
 
     def _start(self) -> None:
         started = time.perf_counter()
-        self.port = _free_port()
+        self.port = self._fixed_port or _free_port()
         try:
             self.workdir = tempfile.mkdtemp(prefix="redisopt-")
         except OSError as exc:  # TMPDIR missing or read-only, or the temp dir was removed
@@ -95,7 +104,8 @@ class ProcessServer(Server):
                 f"({exc.strerror or exc}); point TMPDIR at a writable directory"
             ) from None
         conf = Path(self.workdir, "server.conf")
-        settings = {**self.config, "port": self.port, "requirepass": self.password, "dir": self.workdir}
+        settings = {**self.config, "port": self.port, "requirepass": self.password, "dir": self.workdir,
+                    **self._own_settings()}
         conf.write_text(render_config(settings), encoding="utf-8")
         conf.chmod(0o600)
         known = {"host": self.host, "port": self.port, "password": self.password or "", "pid": 0}
@@ -109,6 +119,10 @@ class ProcessServer(Server):
         self._wait_ready(proc)
         conf.unlink()  # read at start and never again: no password left on disk
         self.started_in = time.perf_counter() - started
+
+    def _own_settings(self) -> dict[str, Any]:
+        """Settings a server kind computes at each start, after the checked ones (none here)."""
+        return {}
 
     def _wait_ready(self, proc: subprocess.Popen[bytes]) -> None:
         # No retries: redis-py's default backoff would turn each "not yet" into seconds.
