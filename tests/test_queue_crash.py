@@ -24,6 +24,7 @@ import redis
 
 import redisopt
 import redisopt.aio
+from redisopt.servers import UrlServer
 from tests.helpers import gone
 
 JOBS, WORKERS, BATCH = 10_000, 4, 20
@@ -194,3 +195,33 @@ def test_a_server_stopped_under_a_blocked_claim_raises_instead_of_hanging(kind: 
     assert not thread.is_alive(), "the claim hung after its server went away"
     assert "job" not in outcome
     assert isinstance(outcome.get("error"), redis.exceptions.ConnectionError), outcome
+
+
+# --------------------------------------------------------------------------- the chapter's harness (mistake 18)
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_the_crash_lab_counts_what_each_queue_loses(server: redisopt.Server, ks: redisopt.KeySpace,
+                                                    guarded: bool) -> None:
+    client = (UrlServer(f"redis://:{server.password}@127.0.0.1:{server.port}/0") if guarded else server).client()
+    try:
+        mid = redisopt.queue_crash_lab(client, ks, jobs=20, crash_at=5)
+        after = redisopt.queue_crash_lab(client, ks, jobs=20, crash_at=5, moment="after_work")
+        assert client.scan(0, match=ks.pattern(), count=1000)[1] == []  # the lab cleans up
+    finally:
+        client.close()
+    assert mid["killed_holding_a_job"].all() and after["killed_holding_a_job"].all()
+    assert mid["lost"].to_dict() == {"pubsub": 15, "list_rpop": 1, "reliable_list": 0, "stream": 0}
+    assert mid["duplicates"].to_dict() == {"pubsub": 0, "list_rpop": 0, "reliable_list": 0, "stream": 0}
+    assert after["lost"].to_dict() == {"pubsub": 14, "list_rpop": 0, "reliable_list": 0, "stream": 0}
+    assert after["duplicates"].to_dict() == {"pubsub": 0, "list_rpop": 0, "reliable_list": 1, "stream": 1}
+    assert (mid["published"] == 20).all() and (mid["processed"] + mid["lost"] == 20).all()
+
+
+def test_the_crash_lab_refuses_bad_arguments(r: redis.Redis) -> None:
+    with pytest.raises(ValueError, match="moment"):
+        redisopt.queue_crash_lab(r, moment="later")
+    with pytest.raises(ValueError, match="crash_at"):
+        redisopt.queue_crash_lab(r, jobs=5, crash_at=5)
+    with pytest.raises(ValueError, match="kinds"):
+        redisopt.queue_crash_lab(r, kinds=("kafka",))
