@@ -77,6 +77,7 @@ from redisopt.monitor import (
 )
 from redisopt.netem import LatencyProxy, RttReport
 from redisopt.queue import ArticleQueueUpdate, RequestTable, WorkQueue
+from redisopt.queuelab import queue_crash_lab
 from redisopt.records import LAYOUTS, USER_FIELDS, RecordStore, has_command, resp_bulk_size, sample_users
 from redisopt.reliable import Job, ReliableQueue
 from redisopt.roundtrips import SET_MANY_LUA, ladder_cases, push_cases, round_trip_table, server_usec
@@ -151,6 +152,7 @@ __all__ = [
     "Job",
     "ReliableQueue",
     "StreamQueue",
+    "queue_crash_lab",
     "get_codec",
     "Hammered",
     "contention_sweep",
