@@ -19,6 +19,25 @@ from redisopt.bench import (
 from redisopt.blocking import fill_hash, lazyfreed_objects, longest_us, plot_timelines, slowlog_entries
 from redisopt.bulk import add_many, push_many, scan_keys, unlink_matching
 from redisopt.cache import MISS, Cache, CacheStats
+from redisopt.cluster import (
+    Cluster,
+    ClusterStartError,
+    ClusterUnavailableError,
+    cluster_of,
+    start_cluster,
+    stop_cluster,
+)
+from redisopt.clusterkeys import (
+    Enqueued,
+    batch_enqueue,
+    crossslot_cases,
+    hash_tag,
+    key_slot,
+    one_by_one_enqueue,
+    shard_keys,
+    slot_spread,
+    tagged,
+)
 from redisopt.codecs import Codec, get_codec
 from redisopt.contention import Hammered, contention_sweep, gaps_under_load, hammer, interleaving, on_one_connection
 from redisopt.dashboard import Dashboard, WorkloadReport, plot_dashboard, run_workload
@@ -76,6 +95,14 @@ from redisopt.monitor import (
     top_commands,
 )
 from redisopt.netem import LatencyProxy, RttReport
+from redisopt.persistence import (
+    FSYNC_POLICIES,
+    KillOutcome,
+    PersistenceLab,
+    fsync_throughput,
+    kill_during_writes,
+    kill_table,
+)
 from redisopt.queue import ArticleQueueUpdate, RequestTable, WorkQueue
 from redisopt.queuelab import queue_crash_lab
 from redisopt.records import LAYOUTS, USER_FIELDS, RecordStore, has_command, resp_bulk_size, sample_users
@@ -95,6 +122,27 @@ _pd.set_option("display.unicode.east_asian_width", True)
 
 __all__ = [
     "Cache",
+    "Cluster",
+    "ClusterStartError",
+    "ClusterUnavailableError",
+    "Enqueued",
+    "FSYNC_POLICIES",
+    "KillOutcome",
+    "PersistenceLab",
+    "batch_enqueue",
+    "cluster_of",
+    "crossslot_cases",
+    "fsync_throughput",
+    "hash_tag",
+    "key_slot",
+    "kill_during_writes",
+    "kill_table",
+    "one_by_one_enqueue",
+    "shard_keys",
+    "slot_spread",
+    "start_cluster",
+    "stop_cluster",
+    "tagged",
     "CacheStats",
     "GatedLoader",
     "MISS",
