@@ -5,6 +5,7 @@ Notebooks import from here only; each name lives in a small module named by its 
 
 import pandas as _pd
 
+from redisopt.articlecache import article_burst, article_get_with_lock
 from redisopt.bench import (
     LatencyProbe,
     RoundTrips,
@@ -153,6 +154,8 @@ __all__ = [
     "StampedeRun",
     "cold_burst",
     "steady_expiries",
+    "article_burst",
+    "article_get_with_lock",
     "EVICTION_POLICIES",
     "EvictionWorkload",
     "ZSetExpiry",

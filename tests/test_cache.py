@@ -432,3 +432,18 @@ def test_the_benchmark_figures(r: redis.Redis) -> None:
         assert figures[f"codec_{name}_bytes"] > 0 and figures[f"codec_{name}_encode_us"] > 0
     assert figures["codec_orjson_zlib_bytes"] < figures["codec_orjson_bytes"]  # a 50-record page compresses
     assert not list(r.scan_iter(match="redisopt:bench:cache:*"))
+
+
+def test_the_articles_guard_answers_none_and_cannot_store_none(r: redis.Redis, ks: redisopt.KeySpace) -> None:
+    """Mistake 10: the losers sleep 0.1 s once and return None while the winner still loads (1 s);
+    mistake 11: a loaded None makes its SETEX raise DataError (the lock is still deleted)."""
+    from redisopt.articlecache import article_burst, article_get_with_lock
+
+    assert article_burst(r, ks, requests=20, query_s=1.0) == {"requests": 20, "none_answers": 19, "db_loads": 1}
+    with pytest.raises(redis.exceptions.DataError):
+        article_get_with_lock(r, ks.key("k"), lambda: None, lock_key=ks.key("lock"))
+    assert keys_under(r, ks) == set()
+    cache = Cache(r, ks.key("c"))  # the fix: everyone gets the value, None included, one load
+    loads: list[int] = []
+    assert together(20, lambda: cache.get_or_load("k", lambda: loads.append(1) or time.sleep(1.0))) == [None] * 20
+    assert loads == [1]
