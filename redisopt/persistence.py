@@ -229,12 +229,14 @@ class KillOutcome:
                 "lost": self.lost, "unacknowledged_kept": self.unacknowledged_kept, "in_order": self.in_order}
 
 
-def kill_during_writes(appendfsync: str = "everysec", seconds: float = 0.5, key: str = "lab:acks") -> KillOutcome:
+def kill_during_writes(appendfsync: str = "everysec", seconds: float = 0.5, key: str = "lab:acks",
+                       config: Mapping[str, Any] | None = None) -> KillOutcome:
     """RPUSH 0, 1, 2, … one acknowledged write at a time; SIGKILL the server after ``seconds``; restart.
 
     The writer stops at the first error (no retry: a retried RPUSH could be applied twice).
+    ``config`` goes to the lab, e.g. ``{"appendonly": "no"}`` for the control where all is lost.
     """
-    with PersistenceLab(appendfsync) as lab:
+    with PersistenceLab(appendfsync, config) as lab:
         writer = lab.admin(socket_timeout=10)
         acked = [0]
         error = [""]
