@@ -33,6 +33,7 @@ from redisopt.keyspace import WORKBOOK, KeySpace
 from redisopt.lock import Lock
 from redisopt.netem import LatencyProxy
 from redisopt.queue import WorkQueue
+from redisopt.reliable import reliable_figures
 from redisopt.server import start_server
 from redisopt.servers import Server
 
@@ -181,6 +182,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         # the most any batch size could give through the proxy at this client's cost per pipelined SET
         result["pipeline_speedup_ceiling_proxy_1ms"] = proxied["single_us"] / loopback["pipeline_us"]
         result.update(lock_figures(client, 2_000 // scale))
+        result.update(reliable_figures(client, 2_000 // scale))  # claim_many vs one claim per job
         if rate:
             result["enqueue_vs_redis_benchmark"] = result["enqueue_many_items_per_s"] / rate
         result["enqueue_vs_raw_variadic"] = result["enqueue_many_items_per_s"] / result["raw_variadic_items_per_s"]

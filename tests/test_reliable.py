@@ -316,3 +316,11 @@ def test_job_is_a_small_frozen_record() -> None:
     with pytest.raises(AttributeError):
         job.id = "2"  # type: ignore[misc]
     assert job == Job("1", {"x": 1}, 2, "c")
+
+
+def test_the_benchmark_figures_are_reported_and_leave_no_keys(r: redis.Redis) -> None:
+    figures = redisopt.reliable.reliable_figures(r, n=200, batch=50)
+    assert {"reliable_claim_speedup", "reliable_claim_many_jobs_per_s", "reliable_claim_one_jobs_per_s",
+            "raw_lmove_jobs_per_s"} <= set(figures)
+    assert all(figures[k] > 0 for k in figures) and figures["reliable_claim_batch"] == 50
+    assert r.scan(0, match="redisopt:bench:rq:*", count=1000)[1] == []
