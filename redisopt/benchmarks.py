@@ -28,6 +28,7 @@ import redis
 
 from redisopt.bench import count_round_trips
 from redisopt.bulk import CHUNK, chunked, insert_cases, unlink_matching
+from redisopt.clusterkeys import scale_figures
 from redisopt.codecs import get_codec
 from redisopt.keyspace import WORKBOOK, KeySpace
 from redisopt.lock import Lock
@@ -186,6 +187,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         if rate:
             result["enqueue_vs_redis_benchmark"] = result["enqueue_many_items_per_s"] / rate
         result["enqueue_vs_raw_variadic"] = result["enqueue_many_items_per_s"] / result["raw_variadic_items_per_s"]
+        result.update(scale_figures(quick))  # 8장: cluster_start_s, cluster_batch_enqueue_items_per_s, aof_*
         result["ran_on"] = {
             "server": server.name, "version": server.version, "backend": server.backend,
             "python": platform.python_version(), "implementation": platform.python_implementation(),

@@ -184,3 +184,47 @@ def crossslot_cases(rc: redis.cluster.RedisCluster, prefix: str) -> pd.DataFrame
         rc.delete(k1)
         rc.delete(k2)
     return pd.DataFrame(rows, columns=["case", "hash_tag", "keys", "same_slot", "outcome"])
+
+
+def cluster_figures(items: int = 100_000, repeat: int = 3) -> dict[str, float]:
+    """Benchmark keys (``python -m redisopt.benchmarks``): a 3-node cluster's start time, batch enqueue rate.
+
+    ``cluster_start_s``: from nothing to cluster_state:ok on every node (goal ≤ 10 s).
+    ``cluster_batch_enqueue_items_per_s``: best of ``repeat`` runs of ``batch_enqueue`` over one
+    hash-tagged list per node; ``cluster_one_by_one_items_per_s``: one RPUSH per item, for scale.
+    """
+    from redisopt.cluster import Cluster  # here, not at the top: cluster.py needs nothing from this module
+
+    with Cluster(3) as cluster:
+        rc = cluster.client()
+        try:
+            lists = shard_keys(rc, "redisopt:bench:cq", per_node=1)
+            payload = [f"job-{i}" for i in range(items)]
+            best = float("inf")
+            for _ in range(repeat):
+                for name in lists:
+                    rc.delete(name)
+                best = min(best, batch_enqueue(rc, lists, payload).seconds)
+            few = payload[: max(items // 50, 100)]
+            single = one_by_one_enqueue(rc, lists, few)
+        finally:
+            rc.close()
+        return {"cluster_start_s": cluster.started_in, "cluster_batch_enqueue_items_per_s": items / best,
+                "cluster_one_by_one_items_per_s": len(few) / single,
+                "cluster_batch_vs_one_by_one": (items / best) / (len(few) / single)}
+
+
+def scale_figures(quick: bool = False) -> dict[str, object]:
+    """The 8장 benchmark keys: cluster start and batch enqueue, AOF writes/s per fsync policy.
+
+    Both need a server binary (local or bundled); without one the keys are absent and
+    ``scale_note`` says why.
+    """
+    from redisopt.cluster import ClusterUnavailableError
+    from redisopt.persistence import persistence_figures
+
+    try:
+        return {**cluster_figures(10_000 if quick else 100_000),
+                **persistence_figures(0.3 if quick else 1.0)}
+    except ClusterUnavailableError as exc:
+        return {"scale_note": str(exc)}

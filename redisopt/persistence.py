@@ -270,3 +270,9 @@ def kill_during_writes(appendfsync: str = "everysec", seconds: float = 0.5, key:
 def kill_table(policies: Sequence[str] = ("always", "everysec", "no"), seconds: float = 0.5) -> pd.DataFrame:
     """``kill_during_writes`` for each policy, one row each."""
     return pd.DataFrame([kill_during_writes(p, seconds).row() for p in policies])
+
+
+def persistence_figures(seconds: float = 1.0) -> dict[str, float]:
+    """Benchmark keys: acknowledged SETs/s (one client, one round trip each) per appendfsync policy."""
+    table = fsync_throughput(seconds=seconds)
+    return {f"aof_{row.appendfsync}_writes_per_s": float(row.writes_per_s) for row in table.itertuples()}

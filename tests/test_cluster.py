@@ -154,3 +154,14 @@ def test_no_server_binary_is_a_clear_error() -> None:
 def test_bad_node_count_is_refused() -> None:
     with pytest.raises(ValueError, match="masters"):
         redisopt.start_cluster(0)
+
+
+def test_scale_figures_report_the_issue_keys() -> None:
+    """Shape, not speed: the benchmark keys exist, and the batch pushed every item it timed."""
+    _binary_or_skip()
+    from redisopt.clusterkeys import scale_figures
+
+    figures = scale_figures(quick=True)
+    for key in ("cluster_start_s", "cluster_batch_enqueue_items_per_s", "cluster_one_by_one_items_per_s",
+                "aof_always_writes_per_s", "aof_everysec_writes_per_s", "aof_no_writes_per_s"):
+        assert isinstance(figures[key], float) and figures[key] > 0, key
