@@ -8,9 +8,12 @@ Python process ends, SIGKILL included, while each server run inside it comes and
 What the lab can show honestly, and what it cannot:
 - ``appendfsync always`` fsyncs before each reply, ``everysec`` once a second in the background,
   ``no`` leaves flushing to the OS. ``fsync_throughput`` measures what each costs in writes/s.
-- A SIGKILL of the *server process* loses nothing it acknowledged under any policy: every write
-  reaches the AOF with write(2) before the reply is sent (before the next event-loop turn), and
-  the kernel's page cache outlives the process. ``kill_during_writes`` counts it.
+- A SIGKILL of the *server process* loses nothing it acknowledged, as a rule under every policy:
+  the server write(2)s the AOF buffer before it sends the replies of that event-loop turn, and the
+  kernel's page cache outlives the process. ``kill_during_writes`` counts it. One documented
+  exception: under ``everysec``, while a background fsync is still running (a disk too slow to
+  keep up), the server postpones its write(2) for up to 2 s (INFO ``aof_delayed_fsync`` counts
+  those) — a kill in that window may lose what it postponed. A healthy disk never gets there.
 - What fsync protects against is an OS crash or power loss, when the page cache is gone: then
   ``everysec`` may lose about the last second and ``no`` up to the OS's own flush interval (~30 s
   on Linux). A notebook cannot stage that; the lab says so rather than pretend.
