@@ -28,6 +28,7 @@ import redis
 
 from redisopt.bench import count_round_trips
 from redisopt.bulk import CHUNK, chunked, insert_cases, unlink_matching
+from redisopt.cachebench import cache_benchmarks
 from redisopt.clusterkeys import scale_figures
 from redisopt.codecs import get_codec
 from redisopt.keyspace import WORKBOOK, KeySpace
@@ -184,6 +185,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         result["pipeline_speedup_ceiling_proxy_1ms"] = proxied["single_us"] / loopback["pipeline_us"]
         result.update(lock_figures(client, 2_000 // scale))
         result.update(reliable_figures(client, 2_000 // scale))  # claim_many vs one claim per job
+        result.update(cache_benchmarks(client, quick))  # 6장: cache_hit_vs_raw_get, stampede_db_loads_*, codec_*
         if rate:
             result["enqueue_vs_redis_benchmark"] = result["enqueue_many_items_per_s"] / rate
         result["enqueue_vs_raw_variadic"] = result["enqueue_many_items_per_s"] / result["raw_variadic_items_per_s"]
