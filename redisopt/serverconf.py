@@ -172,10 +172,14 @@ def container_command(password: str, config: Mapping[str, Any] | None) -> str:
     """The redis-server command line for a container: same settings, reachable via the published port.
 
     Inside its own network namespace the server must bind all interfaces; the host side is
-    published on 127.0.0.1 only. Logs go to stdout, where Docker keeps them.
+    published on 127.0.0.1 only. Logs go to stdout, where Docker keeps them. DEBUG is enabled for
+    every client, not "local": our connections arrive through the engine's port forwarding, so the
+    server never sees them as local, and the chapters' DEBUG POPULATE would fall back to slow MSETs.
+    Only the host's loopback reaches the port, with the password, as for a process server.
     """
     settings = private_settings(config)
-    settings.update({"bind": "0.0.0.0", "protected-mode": "no", "requirepass": password})
+    settings.update({"bind": "0.0.0.0", "protected-mode": "no", "requirepass": password,
+                     "enable-debug-command": "yes"})
     settings.pop("logfile")
     return "redis-server " + " ".join(f"--{name} {value}" for name, value in settings.items())
 

@@ -130,6 +130,14 @@ def test_port_is_published_on_loopback_only(container: redisopt.Server) -> None:
     assert attrs["HostConfig"]["PortBindings"]["6379/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": ""}]
 
 
+def test_debug_populate_works_through_the_published_port(container: redisopt.Server) -> None:
+    """The chapters fill big keyspaces with DEBUG POPULATE; "local" would refuse us (port forwarding)."""
+    client = container.client()
+    assert client.execute_command("DEBUG", "POPULATE", 1000, "redisopt:test:populate", 8) in (b"OK", "OK", True)
+    assert len(list(client.scan_iter("redisopt:test:populate:*", count=1000))) == 1000
+    client.delete(*client.keys("redisopt:test:populate:*"))
+
+
 def test_password_is_required(container: redisopt.Server) -> None:
     anonymous = redis.Redis(host=container.host, port=container.port, socket_timeout=5,
                             retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0))
