@@ -15,6 +15,7 @@ reach them; the cluster helpers count from the server side instead (INFO command
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -84,15 +85,20 @@ class Cluster:
         executable, backend = server_binary()
         settings = {"cluster-enabled": "yes", "cluster-config-file": "nodes.conf",
                     "cluster-node-timeout": "5000", **dict(config or {})}
-        first = ClusterNode(executable, backend, settings)
-        self.password = first.password or ""
-        self.nodes: list[ClusterNode] = [first]
+        self.password = secrets.token_urlsafe(24)
+        self.nodes: list[ClusterNode] = []
         try:
-            with ThreadPoolExecutor(max_workers=min(masters - 1, 8) or 1) as pool:
+            with ThreadPoolExecutor(max_workers=min(masters, 8)) as pool:  # nodes start side by side
                 futures = [pool.submit(ClusterNode, executable, backend, settings, password=self.password)
-                           for _ in range(masters - 1)]
-                for future in futures:
-                    self.nodes.append(future.result())
+                           for _ in range(masters)]
+                failures = []
+                for future in futures:  # collect every node that started, so stop() ends them all on failure
+                    try:
+                        self.nodes.append(future.result())
+                    except Exception as exc:
+                        failures.append(exc)
+                if failures:
+                    raise failures[0]
             self._form(timeout)
         except BaseException:
             self.stop()
