@@ -5,7 +5,6 @@ Notebooks import from here only; each name lives in a small module named by its 
 
 import pandas as _pd
 
-from redisopt.articlecache import article_burst, article_get_with_lock
 from redisopt.bench import (
     LatencyProbe,
     RoundTrips,
@@ -111,7 +110,6 @@ from redisopt.reliable import Job, ReliableQueue
 from redisopt.roundtrips import SET_MANY_LUA, ladder_cases, push_cases, round_trip_table, server_usec
 from redisopt.server import Server, connect, default_server, start_server
 from redisopt.staleset import GatedLoader, StaleSetResult, stale_set_race
-from redisopt.stampedelab import StampedeRun, cold_burst, steady_expiries
 from redisopt.store import SQLiteStore
 from redisopt.streamqueue import StreamQueue
 from redisopt.sweeps import bucket_of, bucketing, codec_table, count_sweep, size_sweep
@@ -151,11 +149,6 @@ __all__ = [
     "StaleSetResult",
     "WriteBehindFlusher",
     "stale_set_race",
-    "StampedeRun",
-    "cold_burst",
-    "steady_expiries",
-    "article_burst",
-    "article_get_with_lock",
     "EVICTION_POLICIES",
     "EvictionWorkload",
     "ZSetExpiry",

@@ -17,7 +17,6 @@ import redisopt
 from redisopt import MISS, Cache, SQLiteStore
 from redisopt.servers import UrlServer
 from redisopt.stampede import xfetch_due
-from redisopt.stampedelab import cold_burst, steady_expiries
 
 
 @pytest.fixture
@@ -263,28 +262,47 @@ def test_xfetch_stores_the_recompute_time_with_the_value(r: redis.Redis, ks: red
     assert int(head) >= 50_000 and payload == '"v"'  # delta in µs, then the codec's bytes
 
 
+def _steady_load(cache: Cache, seconds: float, threads: int, load_s: float) -> tuple[list[float], int]:
+    """``threads`` threads calling get_or_load back to back for ``seconds`` on a warm key; returns the
+    loads' start times (relative) and how many requests had to wait on the database (misses)."""
+    start = time.monotonic()
+    started: list[float] = []
+    lock = threading.Lock()
+
+    def loader() -> float:
+        with lock:
+            started.append(time.monotonic() - start)
+        time.sleep(load_s)
+        return time.monotonic()
+
+    cache.get_or_load("hot", loader)  # warm, with a real recompute time stored beside the value
+    cache.stats.reset()
+    started.clear()
+    start = time.monotonic()
+
+    def client_loop() -> None:
+        while time.monotonic() - start < seconds:
+            cache.get_or_load("hot", loader)
+            time.sleep(0.002)
+
+    together(threads, client_loop)
+    return started, cache.stats["misses"]
+
+
 def test_xfetch_recomputes_before_expiry_so_requests_rarely_wait(r: redis.Redis, ks: redisopt.KeySpace) -> None:
-    """8 threads for 3 s on a key with a 0.5 s TTL and a 0.1 s query (6 expiries). XFetch:
+    """8 threads for 3 s on a key with a 0.5 s TTL and a 0.1 s recompute (6 expiries). XFetch:
     refreshes happen early, so a request waits on the database only when no request at all fell
     into the last ~0.3 s before an expiry (a stall of the whole machine); allow 2 such misses.
     The lock guard alone, same load: every expiry is a miss that the other threads wait on."""
-    xfetch = steady_expiries(r, ks, "xfetch", seconds=3.0, threads=8, ttl=0.5, query_s=0.1)
-    assert xfetch.stats["early_refreshes"] >= 4  # ~6 expiries in 3 s, nearly each one pre-empted
-    assert xfetch.stats["misses"] <= 2
-    assert xfetch.stats["fallback_loads"] == 0 and xfetch.db_queries == xfetch.stats["loads"]
-    locked = steady_expiries(r, ks, "lock", seconds=3.0, threads=8, ttl=0.5, query_s=0.1)
-    assert locked.stats["misses"] >= 4 and locked.stats["misses"] > xfetch.stats["misses"]
-    assert locked.stats["early_refreshes"] == 0 and locked.db_queries == locked.stats["loads"]
-
-
-def test_a_cold_burst_costs_one_query_with_a_guard_and_many_without(r: redis.Redis, ks: redisopt.KeySpace) -> None:
-    runs = {m: cold_burst(r, ks, m, requests=50, query_s=0.2) for m in ("none", "lock", "xfetch")}
-    assert runs["lock"].db_queries == runs["xfetch"].db_queries == 1
-    assert runs["none"].db_queries > 1
-    for run in runs.values():
-        assert len(run.requests) == 50 and run.summary()["requests"] == 50
-        assert run.queries_per_bin(0.05).sum() == run.db_queries
-    assert keys_under(r, ks) == set()
+    xfetch = Cache(r, ks.key("x"), ttl=0.5, stampede="xfetch", beta=1.0)
+    loads, waited = _steady_load(xfetch, 3.0, 8, 0.1)
+    stats = xfetch.stats.snapshot()
+    assert stats["early_refreshes"] >= 4  # ~6 expiries in 3 s, nearly each one pre-empted
+    assert waited <= 2
+    assert stats["fallback_loads"] == 0 and len(loads) == stats["loads"]
+    locked = Cache(r, ks.key("l"), ttl=0.5, stampede="lock")
+    _, waited_lock = _steady_load(locked, 3.0, 8, 0.1)
+    assert waited_lock >= 4 and waited_lock > waited
 
 
 # ----------------------------------------------------------------------------- the stale-set race
@@ -432,18 +450,3 @@ def test_the_benchmark_figures(r: redis.Redis) -> None:
         assert figures[f"codec_{name}_bytes"] > 0 and figures[f"codec_{name}_encode_us"] > 0
     assert figures["codec_orjson_zlib_bytes"] < figures["codec_orjson_bytes"]  # a 50-record page compresses
     assert not list(r.scan_iter(match="redisopt:bench:cache:*"))
-
-
-def test_the_articles_guard_answers_none_and_cannot_store_none(r: redis.Redis, ks: redisopt.KeySpace) -> None:
-    """Mistake 10: the losers sleep 0.1 s once and return None while the winner still loads (1 s);
-    mistake 11: a loaded None makes its SETEX raise DataError (the lock is still deleted)."""
-    from redisopt.articlecache import article_burst, article_get_with_lock
-
-    assert article_burst(r, ks, requests=20, query_s=1.0) == {"requests": 20, "none_answers": 19, "db_loads": 1}
-    with pytest.raises(redis.exceptions.DataError):
-        article_get_with_lock(r, ks.key("k"), lambda: None, lock_key=ks.key("lock"))
-    assert keys_under(r, ks) == set()
-    cache = Cache(r, ks.key("c"))  # the fix: everyone gets the value, None included, one load
-    loads: list[int] = []
-    assert together(20, lambda: cache.get_or_load("k", lambda: loads.append(1) or time.sleep(1.0))) == [None] * 20
-    assert loads == [1]
