@@ -222,6 +222,12 @@ def claim_slices(timeout: float | None, socket_timeout: float | None, visibility
         yield max(MIN_SLICE, min(wait, visibility))
 
 
+def note_wait_failure(exc: BaseException, queue: Any, consumer: str) -> None:
+    """Name the queue and consumer on an error raised while a claim waited (the server went away)."""
+    exc.add_note(f"while consumer {consumer!r} waited in claim() on {queue!r}: the connection to the server "
+                 "failed; jobs it had claimed come back after their visibility timeout if the server kept its data")
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -349,7 +355,11 @@ class ReliableQueue(ReliableCore):
         if jobs or timeout == 0:
             return jobs[0] if jobs else None
         for wait in claim_slices(timeout, self._socket_timeout(), self.visibility):
-            moved = self.client.execute_command(*self._move_command(consumer, wait), **RAW)
+            try:
+                moved = self.client.execute_command(*self._move_command(consumer, wait), **RAW)
+            except redis.exceptions.ConnectionError as exc:
+                note_wait_failure(exc, self, consumer)
+                raise
             if moved is not None:
                 script, keys, args = self._claim_call("accept", consumer, _text(moved))
                 jobs = self._jobs(consumer, run_script(self.client, script, keys, args))

@@ -42,6 +42,7 @@ from redisopt.reliable import (
     check_count,
     check_queue_args,
     claim_slices,
+    note_wait_failure,
     run_script,
     tagged_base,
 )
@@ -294,6 +295,9 @@ class StreamQueue(StreamCore):
                     raise
                 self.ensure_group()
                 continue
+            except redis.exceptions.ConnectionError as exc:
+                note_wait_failure(exc, self, consumer)
+                raise
             jobs = self._read_jobs(consumer, reply) or self.claim_many(consumer, 1)
             if jobs:
                 return jobs[0]

@@ -19,7 +19,16 @@ from redis.commands.core import Script
 from redisopt.aio.queue import send_packed
 from redisopt.bulk import chunked
 from redisopt.errors import check_timeout
-from redisopt.reliable import RAW, REAP_LIMIT, Job, ReliableCore, _text, check_count, claim_slices
+from redisopt.reliable import (
+    RAW,
+    REAP_LIMIT,
+    Job,
+    ReliableCore,
+    _text,
+    check_count,
+    claim_slices,
+    note_wait_failure,
+)
 
 __all__ = ["ReliableQueue", "run_script"]
 
@@ -68,7 +77,11 @@ class ReliableQueue(ReliableCore):
         if jobs or timeout == 0:
             return jobs[0] if jobs else None
         for wait in claim_slices(timeout, self._socket_timeout(), self.visibility):
-            moved = await self.client.execute_command(*self._move_command(consumer, wait), **RAW)
+            try:
+                moved = await self.client.execute_command(*self._move_command(consumer, wait), **RAW)
+            except redis.exceptions.ConnectionError as exc:
+                note_wait_failure(exc, self, consumer)
+                raise
             if moved is not None:
                 script, keys, args = self._claim_call("accept", consumer, _text(moved))
                 jobs = self._jobs(consumer, await run_script(self.client, script, keys, args))

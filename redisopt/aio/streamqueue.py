@@ -16,7 +16,7 @@ from redis.commands.core import Script
 from redisopt.aio.queue import send_packed
 from redisopt.aio.reliable import run_script
 from redisopt.errors import check_timeout
-from redisopt.reliable import RAW, REAP_LIMIT, Job, _text, claim_slices
+from redisopt.reliable import RAW, REAP_LIMIT, Job, _text, claim_slices, note_wait_failure
 from redisopt.streamqueue import StreamCore, _no_group
 
 __all__ = ["StreamQueue"]
@@ -79,6 +79,9 @@ class StreamQueue(StreamCore):
                     raise
                 await self.ensure_group()
                 continue
+            except redis.exceptions.ConnectionError as exc:
+                note_wait_failure(exc, self, consumer)
+                raise
             jobs = self._read_jobs(consumer, reply) or await self.claim_many(consumer, 1)
             if jobs:
                 return jobs[0]
