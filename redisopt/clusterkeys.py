@@ -59,6 +59,21 @@ def slot_spread(rc: redis.cluster.RedisCluster, keys: Iterable[str]) -> pd.DataF
     return pd.DataFrame(rows, columns=["key", "hashed", "slot", "node"])
 
 
+def node_table(rc: redis.cluster.RedisCluster) -> pd.DataFrame:
+    """One row per primary: its slot ranges (CLUSTER SLOTS), how many slots, and its key count (DBSIZE)."""
+    ranges: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for (low, high), served in rc.cluster_slots(target_nodes=rc.get_random_node()).items():
+        ranges["{}:{}".format(*served["primary"])].append((int(low), int(high)))
+    rows = []
+    for node in sorted(rc.get_primaries(), key=lambda n: min(ranges[f"{n.host}:{n.port}"], default=(0, 0))):
+        where = f"{node.host}:{node.port}"
+        spans = sorted(ranges[where])
+        rows.append({"node": where, "slots": ", ".join(f"{lo}-{hi}" for lo, hi in spans),
+                     "slot_count": sum(hi - lo + 1 for lo, hi in spans),
+                     "keys": int(rc.get_redis_connection(node).dbsize())})
+    return pd.DataFrame(rows, columns=["node", "slots", "slot_count", "keys"])
+
+
 def shard_keys(rc: redis.cluster.RedisCluster, name: str, per_node: int = 1) -> list[str]:
     """``per_node`` hash-tagged list names on each primary, e.g. ``name{3}``: one list per node to spread a queue."""
     primaries = {f"{n.host}:{n.port}" for n in rc.get_primaries()}

@@ -44,6 +44,23 @@ def test_cluster_is_healthy_with_every_slot_served(rc: redis.cluster.RedisCluste
     assert 0 < cluster.started_in
 
 
+def test_node_table_shows_each_primary_with_its_slots_and_keys(rc: redis.cluster.RedisCluster) -> None:
+    from redisopt.clusterkeys import node_table
+
+    keys = [f"test:ch08:spread:{i}" for i in range(60)]
+    for key in keys:
+        rc.set(key, 1)
+    try:
+        table = node_table(rc)
+        assert list(table["slots"]) == [f"{lo}-{hi}" for lo, hi in slot_ranges(3)]
+        assert table["slot_count"].sum() == 16384
+        per_node = slot_spread(rc, keys).groupby("node").size()
+        assert all(table.set_index("node")["keys"] >= per_node.reindex(table["node"]).fillna(0))
+    finally:
+        for key in keys:
+            rc.delete(key)
+
+
 def test_password_is_required(rc: redis.cluster.RedisCluster) -> None:
     node = cluster_of(rc).nodes[0]
     anonymous = redis.Redis(host=node.host, port=node.port, socket_timeout=5)
