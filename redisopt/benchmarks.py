@@ -35,7 +35,7 @@ from redisopt.keyspace import WORKBOOK, KeySpace
 from redisopt.lock import Lock
 from redisopt.netem import LatencyProxy
 from redisopt.queue import WorkQueue
-from redisopt.reliable import reliable_figures
+from redisopt.queuelab import reliable_figures
 from redisopt.server import start_server
 from redisopt.servers import Server
 

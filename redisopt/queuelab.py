@@ -13,6 +13,8 @@ lost and duplicates (work done twice).
 - The reliable List and the Stream keep the job (processing list / pending entries) until it is
   acknowledged: nothing is lost. Killed after the work but before the ack (``moment="after_work"``),
   the job runs twice: at-least-once, so the work must be idempotent.
+
+Also here, for ``python -m redisopt.benchmarks``: ``reliable_figures`` (claim_many vs one claim per job).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from redisopt.keyspace import WORKBOOK, KeySpace
 from redisopt.reliable import ReliableQueue
 from redisopt.streamqueue import StreamQueue
 
-__all__ = ["KINDS", "queue_crash_lab"]
+__all__ = ["KINDS", "queue_crash_lab", "reliable_figures"]
 
 KINDS = ("pubsub", "list_rpop", "reliable_list", "stream")
 MOMENTS = ("mid_job", "after_work")
@@ -153,3 +155,43 @@ def queue_crash_lab(client: redis.Redis, keyspace: KeySpace | None = None, *, jo
                             ).set_index("queue")
     finally:
         ks.clear(client)
+
+
+# --------------------------------------------------------------------------- benchmark (python -m redisopt.benchmarks)
+
+
+def reliable_figures(client: redis.Redis, n: int = 2_000, batch: int = 100) -> dict[str, Any]:
+    """``reliable_claim_speedup``: jobs/s of ``claim_many(batch)`` over one claim per job (one LMOVE
+    each inside the script); also the raw LMOVE-per-job rate. Best of 3 on the same queue."""
+    q = ReliableQueue(client, "bench-claim", visibility=600.0, keyspace=KeySpace("redisopt:bench"))
+
+    def timed(fn: Any) -> float:
+        best = float("inf")
+        for _ in range(3):
+            q.clear()
+            client.unlink(q.processing_key("bench"))  # raw LMOVE left it unregistered
+            q.put_many(range(n))
+            started = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - started)
+        return n / best
+
+    def one_by_one() -> None:
+        while q.claim("bench", 0) is not None:
+            pass
+
+    def batched() -> None:
+        while q.claim_many("bench", batch):
+            pass
+
+    def raw_lmove() -> None:
+        while client.lmove(q.key, q.processing_key("bench"), "LEFT", "RIGHT") is not None:
+            pass
+
+    try:
+        single, many, raw = timed(one_by_one), timed(batched), timed(raw_lmove)
+    finally:
+        q.clear()
+        client.unlink(q.processing_key("bench"))
+    return {"reliable_claim_speedup": many / single, "reliable_claim_many_jobs_per_s": many,
+            "reliable_claim_one_jobs_per_s": single, "raw_lmove_jobs_per_s": raw, "reliable_claim_batch": batch}

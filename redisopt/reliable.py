@@ -26,7 +26,6 @@ twin ``redisopt.aio.ReliableQueue``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -43,7 +42,7 @@ from redisopt.keyspace import KeySpace
 from redisopt.queue import DEFAULT_SPACE, MIN_SLICE, WINDOW, QueueCore, wait_slices
 from redisopt.scripts import unbound_script
 
-__all__ = ["Job", "ReliableCore", "ReliableQueue", "reliable_figures"]
+__all__ = ["Job", "ReliableCore", "ReliableQueue", "run_script"]
 
 RAW = {NEVER_DECODE: True}
 REAP_LIMIT = 1000  # overdue jobs per reap script: bounds how long one script holds the server
@@ -405,43 +404,3 @@ class ReliableQueue(ReliableCore):
     def clear(self) -> int:
         """Drop every key of the queue (UNLINK), processing lists included; how many existed."""
         return int(self.client.unlink(*self._all_keys(self.client.smembers(self.consumers_key))))
-
-
-# --------------------------------------------------------------------------- benchmark
-
-
-def reliable_figures(client: redis.Redis, n: int = 2_000, batch: int = 100) -> dict[str, Any]:
-    """``reliable_claim_speedup``: jobs/s of ``claim_many(batch)`` over one claim per job (one LMOVE
-    each inside the script); also the raw LMOVE-per-job rate. Best of 3 on the same queue."""
-    q = ReliableQueue(client, "bench-claim", visibility=600.0, keyspace=KeySpace("redisopt:bench"))
-
-    def timed(fn: Any) -> float:
-        best = float("inf")
-        for _ in range(3):
-            q.clear()
-            client.unlink(q.processing_key("bench"))  # raw LMOVE left it unregistered
-            q.put_many(range(n))
-            started = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - started)
-        return n / best
-
-    def one_by_one() -> None:
-        while q.claim("bench", 0) is not None:
-            pass
-
-    def batched() -> None:
-        while q.claim_many("bench", batch):
-            pass
-
-    def raw_lmove() -> None:
-        while client.lmove(q.key, q.processing_key("bench"), "LEFT", "RIGHT") is not None:
-            pass
-
-    try:
-        single, many, raw = timed(one_by_one), timed(batched), timed(raw_lmove)
-    finally:
-        q.clear()
-        client.unlink(q.processing_key("bench"))
-    return {"reliable_claim_speedup": many / single, "reliable_claim_many_jobs_per_s": many,
-            "reliable_claim_one_jobs_per_s": single, "raw_lmove_jobs_per_s": raw, "reliable_claim_batch": batch}

@@ -22,6 +22,7 @@ import redisopt
 import redisopt.aio
 import redisopt.aio.reliable
 import redisopt.aio.streamqueue
+import redisopt.queuelab
 import redisopt.reliable
 import redisopt.streamqueue
 from redisopt.reliable import Job, ReliableCore
@@ -302,6 +303,7 @@ def test_acked_jobs_leave_nothing_behind(r: redis.Redis, ks: redisopt.KeySpace) 
 ])
 def test_twins_have_the_sync_names_and_signatures(sync: type, twin: type, core: type) -> None:
     assert issubclass(sync, core) and issubclass(twin, core)
+    assert "_scripts" not in vars(sync) and "_scripts" not in vars(twin)  # the core's Lua, registered once
     names = {n for n in vars(sync) if not n.startswith("_")}
     assert {n for n in vars(twin) if not n.startswith("_")} == names | {"length"}  # len(q) → await q.length()
     for name in vars(sync):
@@ -319,7 +321,7 @@ def test_job_is_a_small_frozen_record() -> None:
 
 
 def test_the_benchmark_figures_are_reported_and_leave_no_keys(r: redis.Redis) -> None:
-    figures = redisopt.reliable.reliable_figures(r, n=200, batch=50)
+    figures = redisopt.queuelab.reliable_figures(r, n=200, batch=50)
     assert {"reliable_claim_speedup", "reliable_claim_many_jobs_per_s", "reliable_claim_one_jobs_per_s",
             "raw_lmove_jobs_per_s"} <= set(figures)
     assert all(figures[k] > 0 for k in figures) and figures["reliable_claim_batch"] == 50
