@@ -58,8 +58,10 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
 local function accept(id)
   local payload = redis.call('HGET', KEYS[2], id)
-  if not payload then
+  if not payload then  -- its data is gone (the queue was cleared meanwhile): forget the id
     redis.call('LREM', KEYS[8], 1, id)
+    redis.call('ZREM', KEYS[4], id)
+    redis.call('HDEL', KEYS[5], id)
     return
   end
   local d = redis.call('HINCRBY', KEYS[3], id, 1)

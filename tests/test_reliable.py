@@ -276,6 +276,18 @@ def test_an_id_moved_by_blmove_whose_consumer_died_comes_back(r: redis.Redis, ks
     assert job is not None and job.item == "job" and job.deliveries == 1  # never delivered before
 
 
+def test_a_stalled_id_whose_data_is_gone_is_forgotten(r: redis.Redis, ks: redisopt.KeySpace) -> None:
+    q = redisopt.ReliableQueue(r, "ghost", visibility=0.1, keyspace=ks)
+    q.put_many(["ghost", "real"])
+    ghost = q.claim("w", 0)
+    r.hdel(q.jobs_key, ghost.id)  # its payload vanished while it was claimed
+    time.sleep(0.15)
+    job = q.claim("w", 0)
+    assert job is not None and job.item == "real"  # the ghost is dropped, not delivered
+    assert r.zscore(q.deadlines_key, ghost.id) is None and r.hget(q.owners_key, ghost.id) is None
+    assert r.lrange(q.processing_key("w"), 0, -1) == [job.id] and q.in_flight() == 1
+
+
 def test_reap_keeps_the_order_of_overdue_jobs(r: redis.Redis, ks: redisopt.KeySpace) -> None:
     q = redisopt.ReliableQueue(r, "order", visibility=0.1, keyspace=ks)
     q.put_many(range(5))
