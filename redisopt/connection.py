@@ -166,11 +166,13 @@ CONNECTION_CLASSES = {"redis": TCPConnection, "rediss": SSLConnection, "unix": U
 
 def tap_of(client: redis.Redis) -> Tap:
     """The Tap behind a client made by redisopt; a clear error for any other client."""
-    tap = client.connection_pool.connection_kwargs.get("tap")
+    pool = getattr(client, "connection_pool", None)  # a RedisCluster has one pool per node, none here
+    tap = pool.connection_kwargs.get("tap") if pool is not None else None
     if not isinstance(tap, Tap):
         raise TypeError(
-            "this client was not made by redisopt, so its round trips cannot be counted: "
-            "use redisopt.connect() (or Server.client()) to get one"
+            f"this {type(client).__name__} was not made by redisopt, so its round trips cannot be counted: "
+            "use redisopt.connect() (or Server.client()) to get one; on a cluster, count per node with "
+            "redisopt.cluster_of(rc).commandstats()"
         )
     return tap
 

@@ -44,6 +44,12 @@ def test_cluster_is_healthy_with_every_slot_served(rc: redis.cluster.RedisCluste
     assert 0 < cluster.started_in
 
 
+def test_round_trips_on_a_cluster_client_are_a_clear_error(rc: redis.cluster.RedisCluster) -> None:
+    with pytest.raises(TypeError, match="RedisCluster was not made by redisopt.*commandstats"):
+        with redisopt.count_round_trips(rc):  # type: ignore[arg-type]
+            pass
+
+
 def test_node_table_shows_each_primary_with_its_slots_and_keys(rc: redis.cluster.RedisCluster) -> None:
     from redisopt.clusterkeys import node_table
 
