@@ -115,6 +115,8 @@ return acked
 """
 
 # KEYS[1] stream, [2] dead stream; ARGV[1] group, [2] visibility ms, [3] max deliveries, [4] limit.
+# Then forgets consumers holding nothing and idle past visibility (dead workers' names would pile
+# up in the group otherwise; a live one is made again by its next XREADGROUP).
 # Returns how many overdue entries were requeued or dead-lettered.
 REAP_LUA = _FIELD + """
 local moved = 0
@@ -133,6 +135,11 @@ for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[2], '-'
   end
   redis.call('XACK', KEYS[1], ARGV[1], id)
   redis.call('XDEL', KEYS[1], id)
+end
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  if tonumber(field(c, 'pending')) == 0 and tonumber(field(c, 'idle')) >= tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], field(c, 'name'))
+  end
 end
 return moved
 """

@@ -72,3 +72,16 @@ def test_the_pending_entries_list_counts_deliveries(r: redis.Redis, ks: redisopt
     assert q.reap() == 1  # requeued as a new entry carrying n=2
     again = q.claim("c", 0)
     assert again.id != entry and again.item == "job" and again.deliveries == 3
+
+
+def test_reap_forgets_consumers_that_hold_nothing(r: redis.Redis, ks: redisopt.KeySpace) -> None:
+    q = redisopt.StreamQueue(r, "names", "g", visibility=0.1, keyspace=ks)
+    q.put_many(["a", "b", "c"])
+    for name in ("gone-1", "gone-2"):
+        q.ack(q.claim(name, 0))
+    q.claim("holder", 0)  # holds "c"
+    time.sleep(0.15)
+    assert q.reap() == 1  # "c" requeued; then no consumer holds anything, all idle
+    assert r.xinfo_consumers(q.key, "g") == []
+    job = q.claim("fresh", 0)  # a consumer is made again by its read
+    assert job is not None and job.item == "c" and [c["name"] for c in r.xinfo_consumers(q.key, "g")] == ["fresh"]
