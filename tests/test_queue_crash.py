@@ -1,7 +1,7 @@
 """Crash tests (DESIGN §8): worker processes SIGKILLed at random moments lose no job.
 
 10 000 jobs go through a ReliableQueue and through a StreamQueue while 4 worker processes claim
-them in batches; the test kills a random worker every 0.1-0.5 s (up to 20 times) and starts a new
+them in batches; the test kills a random worker every 0.05-0.3 s (up to 20 times) and starts a new
 one under a new name. The workers' side effect is idempotent (SADD of the job into a done set), so the
 end state is exact however often a job ran; the times it ran more than once are counted and must
 stay under one batch per kill. A control run of the same crashes on a plain List (LPOP) loses jobs,
@@ -76,7 +76,7 @@ def finished(r: redis.Redis, ks: redisopt.KeySpace, q: Any, jobs: int) -> bool:
 
 
 def crash_run(kind: str, server: redisopt.Server, r: redis.Redis, ks: redisopt.KeySpace,
-              jobs: int = JOBS, pause: tuple[float, float] = (0.1, 0.5)) -> dict[str, int]:
+              jobs: int = JOBS, pause: tuple[float, float] = (0.05, 0.3)) -> dict[str, int]:
     """Run ``jobs`` through WORKERS processes, SIGKILLing one at random every ``pause`` s (then
     restarting it under a new name) until every job is done and acked, or RUN_LIMIT passes."""
     q = None if kind == "plain" else _queue(kind, r, ks)
@@ -129,7 +129,7 @@ def test_workers_killed_at_random_lose_no_job(kind: str, server: redisopt.Server
                                               ks: redisopt.KeySpace) -> None:
     result = crash_run(kind, server, r, ks)
     print(kind, result)
-    assert result["kills"] >= 5 and result["redelivered"] >= 1  # the crashes really hit jobs in flight
+    assert result["kills"] >= 3 and result["redelivered"] >= 1  # the crashes really hit jobs in flight
     assert result["lost"] == 0 and result["done"] == JOBS  # the idempotent end state is exact
     assert result["left"] == 0 and result["dead"] == 0  # every job acked, none given up
     assert 0 <= result["duplicates"] <= result["kills"] * BATCH  # at most the batch each dead worker held
