@@ -137,10 +137,9 @@ for _, c in ipairs(redis.call('SMEMBERS', KEYS[6])) do
     end
   end
 end
-local moved = 0
 local overdue = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
-for i = #overdue, 1, -1 do
-  local id = overdue[i]
+local back = {}
+for _, id in ipairs(overdue) do
   local owner = redis.call('HGET', KEYS[4], id)
   if owner then redis.call('LREM', KEYS[7] .. owner, 1, id) end
   redis.call('ZREM', KEYS[3], id)
@@ -148,11 +147,13 @@ for i = #overdue, 1, -1 do
   if tonumber(redis.call('HGET', KEYS[2], id) or '0') >= tonumber(ARGV[2]) then
     redis.call('RPUSH', KEYS[5], id)
   else
-    redis.call('LPUSH', KEYS[1], id)
+    back[#back + 1] = id
   end
-  moved = moved + 1
 end
-return moved
+for i = #back, 1, -1 do
+  redis.call('LPUSH', KEYS[1], back[i])
+end
+return #overdue
 """
 
 # KEYS[1] ready, [2] jobs, [3] seq; ARGV payloads. Returns the first new id (ids are consecutive).

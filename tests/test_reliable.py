@@ -180,6 +180,15 @@ def test_a_stalled_job_past_max_deliveries_is_dead_lettered_by_claim_too(make: C
     assert [(j.item, j.deliveries) for j in q.dead_letters()] == [("poison", 2)]
 
 
+def test_dead_letters_keep_the_order_of_the_jobs(make: Callable[..., Any]) -> None:
+    q = make(visibility=0.1, max_deliveries=1)
+    q.put_many(["first", {"second": 2}, 3])
+    assert len(q.claim_many("w", 3)) == 3
+    time.sleep(0.15)
+    assert q.reap() == 3
+    assert [(j.item, j.deliveries) for j in q.dead_letters()] == [("first", 1), ({"second": 2}, 1), (3, 1)]
+
+
 def test_claim_timeouts_none_zero_and_t(make: Callable[..., Any]) -> None:
     q = make()
     with redisopt.count_round_trips(raw_client(q)) as rt:

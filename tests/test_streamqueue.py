@@ -19,6 +19,7 @@ from tests.test_reliable import (  # noqa: F401  (the shared behaviour tests and
     test_bad_input_is_refused_before_anything_is_sent,
     test_claim_many_is_one_round_trip,
     test_claim_timeouts_none_zero_and_t,
+    test_dead_letters_keep_the_order_of_the_jobs,
     test_every_key_shares_one_cluster_slot,
     test_every_verb_passes_the_guard_of_a_users_server,
     test_put_claim_ack_delivers_every_item_once_in_order,
