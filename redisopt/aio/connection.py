@@ -16,7 +16,7 @@ import redis
 import redis.asyncio
 
 from redisopt import connection as sync
-from redisopt.connection import Tap
+from redisopt.connection import PackedCommand, Tap
 
 
 class _AsyncInstrumented:
@@ -91,3 +91,36 @@ ASYNC_CLASSES: dict[type, type] = {
     sync.SSLConnection: SSLConnection,
     sync.UnixConnection: UnixConnection,
 }
+
+
+async def send_packed(client: redis.asyncio.Redis, commands: Sequence[PackedCommand]) -> list[Any]:
+    """``redisopt.connection.send_packed`` on an asyncio client: ``commands`` in one write (one round
+    trip), each counted and (on a user's server) checked by the guard before any byte is sent; every
+    reply read, then the first error reply raised. A connection left out of step (cancelled between
+    the write and its replies) is dropped, never handed to the next caller."""
+    pool = client.connection_pool
+    conn = await pool.get_connection()  # connected: the handshake has fetched the guard's rules
+    try:
+        tap = getattr(conn, "tap", None)
+        if isinstance(tap, Tap):
+            if tap.guard is not None:
+                for command in commands:
+                    tap.guard.check_packed(command.name, command.data)
+            tap.add(commands=len(commands))
+        replies: list[Any] = []
+        try:
+            await conn.send_packed_command([command.data for command in commands])
+            for _ in commands:
+                try:
+                    replies.append(await conn.read_response())
+                except redis.exceptions.ResponseError as exc:  # parsed: the connection is still in step
+                    replies.append(exc)
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+    finally:
+        await pool.release(conn)
+    error = next((r for r in replies if isinstance(r, redis.exceptions.ResponseError)), None)
+    if error is not None:
+        raise error
+    return replies

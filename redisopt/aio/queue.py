@@ -8,7 +8,7 @@ loop nothing, but holds one pooled connection for as long as it waits.
 
 ``put_many`` packs its RPUSH commands with the sync queue's ``QueueCore._packed`` (every item
 encoded before anything is sent, only wire bytes kept) and writes ``window`` of them per round trip
-through ``send_packed`` below, the asyncio counterpart of ``redisopt.connection.send_packed``
+through ``redisopt.aio.connection.send_packed``, the asyncio counterpart of ``redisopt.connection.send_packed``
 (counted, guarded, every reply read).
 
 Cancelling a task inside ``get`` drops its connection; an item the server popped for it in that
@@ -18,51 +18,18 @@ processing list where that matters.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import redis.asyncio
 from redis.client import NEVER_DECODE
 
+from redisopt.aio.connection import send_packed
 from redisopt.bulk import chunked
-from redisopt.connection import PackedCommand, Tap
 from redisopt.errors import check_timeout
 from redisopt.queue import QueueCore, pop_command, pop_payload, wait_slices
 
 __all__ = ["WorkQueue", "send_packed"]
-
-
-async def send_packed(client: redis.asyncio.Redis, commands: Sequence[PackedCommand]) -> list[Any]:
-    """``redisopt.connection.send_packed`` on an asyncio client: ``commands`` in one write (one round
-    trip), each counted and (on a user's server) checked by the guard before any byte is sent; every
-    reply read, then the first error reply raised. A connection left out of step (cancelled between
-    the write and its replies) is dropped, never handed to the next caller."""
-    pool = client.connection_pool
-    conn = await pool.get_connection()  # connected: the handshake has fetched the guard's rules
-    try:
-        tap = getattr(conn, "tap", None)
-        if isinstance(tap, Tap):
-            if tap.guard is not None:
-                for command in commands:
-                    tap.guard.check_packed(command.name, command.data)
-            tap.add(commands=len(commands))
-        replies: list[Any] = []
-        try:
-            await conn.send_packed_command([command.data for command in commands])
-            for _ in commands:
-                try:
-                    replies.append(await conn.read_response())
-                except redis.exceptions.ResponseError as exc:  # parsed: the connection is still in step
-                    replies.append(exc)
-        except BaseException:
-            await conn.disconnect(nowait=True)
-            raise
-    finally:
-        await pool.release(conn)
-    error = next((r for r in replies if isinstance(r, redis.exceptions.ResponseError)), None)
-    if error is not None:
-        raise error
-    return replies
 
 
 class WorkQueue(QueueCore):

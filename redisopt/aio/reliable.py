@@ -16,7 +16,7 @@ from typing import Any
 import redis.asyncio
 from redis.commands.core import Script
 
-from redisopt.aio.queue import send_packed
+from redisopt.aio.connection import send_packed
 from redisopt.bulk import chunked
 from redisopt.errors import check_timeout
 from redisopt.reliable import (

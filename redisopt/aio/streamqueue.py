@@ -13,7 +13,7 @@ from typing import Any
 import redis.asyncio
 from redis.commands.core import Script
 
-from redisopt.aio.queue import send_packed
+from redisopt.aio.connection import send_packed
 from redisopt.aio.reliable import run_script
 from redisopt.errors import check_timeout
 from redisopt.reliable import RAW, REAP_LIMIT, Job, _text, claim_slices, note_wait_failure
