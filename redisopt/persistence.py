@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import statistics
 import sys
 import tempfile
 import threading
@@ -175,18 +176,43 @@ class PersistenceLab:
 # --------------------------------------------------------------------------- measurements
 
 
+def fsync_cost(directory: str, samples: int = 20) -> float:
+    """Median seconds one small write + fsync takes in ``directory``: what ``always`` adds per write.
+
+    The verdicts on appendfsync need it: on tmpfs (Debian 13's and Fedora's /tmp) or a disk with
+    a power-safe write cache, fsync is nearly free and ``always`` is barely slower than ``no``.
+    """
+    if samples < 1:
+        raise ValueError("samples must be >= 1")
+    path = os.path.join(directory, "fsync-probe")
+    times = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for _ in range(samples):
+            started = time.perf_counter()
+            os.write(fd, b"x" * 64)
+            os.fsync(fd)
+            times.append(time.perf_counter() - started)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return statistics.median(times)
+
+
 def fsync_throughput(policies: Sequence[str] = FSYNC_POLICIES, seconds: float = 1.0,
                      value_size: int = 64) -> pd.DataFrame:
     """Acknowledged SETs per second from one client, one round trip each, under each appendfsync.
 
     One lab server, switched with CONFIG SET between runs (its own server: nothing to guard).
-    Each run lasts ``seconds``; ``aof_bytes`` is how much the AOF grew (the same writes, logged).
+    Each run lasts ``seconds``; ``aof_bytes`` is how much the AOF grew (the same writes, logged);
+    ``fsync_ms`` is what one fsync costs in the lab's data dir (``fsync_cost``), measured once.
     """
     if seconds <= 0:
         raise ValueError("seconds must be > 0")
     rows = []
     with PersistenceLab(policies[0]) as lab:
         admin = lab.admin()
+        fsync_ms = fsync_cost(lab.datadir) * 1000
         value = "x" * value_size
         try:
             for policy in policies:
@@ -201,10 +227,10 @@ def fsync_throughput(policies: Sequence[str] = FSYNC_POLICIES, seconds: float = 
                 after = admin.info("persistence")
                 grown = int(after.get("aof_current_size", 0)) - int(before.get("aof_current_size", 0))
                 rows.append({"appendfsync": policy, "writes": writes, "seconds": round(elapsed, 3),
-                             "writes_per_s": writes / elapsed, "aof_bytes": grown})
+                             "writes_per_s": writes / elapsed, "aof_bytes": grown, "fsync_ms": fsync_ms})
         finally:
             admin.close()
-    return pd.DataFrame(rows, columns=["appendfsync", "writes", "seconds", "writes_per_s", "aof_bytes"])
+    return pd.DataFrame(rows, columns=["appendfsync", "writes", "seconds", "writes_per_s", "aof_bytes", "fsync_ms"])
 
 
 @dataclass

@@ -125,3 +125,16 @@ def test_lab_refuses_its_own_dir_and_a_bad_policy() -> None:
         PersistenceLab("sometimes")
     with pytest.raises(redisopt.ConfigError, match="dir"):
         PersistenceLab("everysec", {"dir": "/tmp"})
+
+
+def test_fsync_throughput_reports_what_one_fsync_costs_in_the_labs_dir(tmp_path) -> None:
+    from redisopt.persistence import fsync_cost
+
+    assert fsync_cost(str(tmp_path), samples=3) > 0
+    assert list(tmp_path.iterdir()) == []  # the probe file is gone
+    with pytest.raises(ValueError, match="samples"):
+        fsync_cost(str(tmp_path), samples=0)
+    table = redisopt.fsync_throughput(("always", "no"), seconds=0.05)
+    assert list(table["appendfsync"]) == ["always", "no"]
+    assert (table["fsync_ms"] > 0).all() and table["fsync_ms"].nunique() == 1  # measured once, per lab
+    assert (table["writes"] > 0).all()
