@@ -204,15 +204,25 @@ def pack_command(head: Sequence[bytes], values: Iterable[bytes]) -> PackedComman
     return PackedCommand(bytes(head[0]), b"".join((header, body, b"\r\n")) if framed else header)
 
 
-def send_packed(client: redis.Redis, commands: Sequence[PackedCommand]) -> list[Any]:
+def node_client(client: Any, key: str | None) -> redis.Redis:
+    """``client`` itself, or on a ``RedisCluster`` the client of the node serving ``key``."""
+    if hasattr(client, "connection_pool"):
+        return client
+    if key is None or not hasattr(client, "get_node_from_key"):
+        raise TypeError(f"a {type(client).__name__} has no single connection pool to send packed commands on")
+    return client.get_redis_connection(client.get_node_from_key(key))
+
+
+def send_packed(client: redis.Redis, commands: Sequence[PackedCommand], key: str | None = None) -> list[Any]:
     """Send ``commands`` in one write (one round trip) on a connection of ``client``'s pool; their replies.
 
     The instruments still see them on a redisopt client: each command is counted, the write is
     one round trip, and on a server the user supplied the guard checks every command before any
     byte is sent. Every reply is read (the connection stays in step), then the first error reply
-    is raised as redis-py raises it (``ResponseError``).
+    is raised as redis-py raises it (``ResponseError``). On a ``RedisCluster`` they go to the node
+    serving ``key``; the caller's commands must all touch that key's slot.
     """
-    pool = client.connection_pool
+    pool = node_client(client, key).connection_pool
     try:
         conn = pool.get_connection()
     except TypeError:  # redis-py before 5.3 wants a command name

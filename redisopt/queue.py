@@ -183,7 +183,7 @@ class WorkQueue(QueueCore):
             exc.sent = 0  # type: ignore[attr-defined]
             raise
         for window in chunked(commands, self.window):
-            send_packed(self.client, window)
+            send_packed(self.client, window, self.key)
         return done
 
     def do_push(self, payloads: list[bytes], pipeline: redis.client.Pipeline | None = None) -> None:

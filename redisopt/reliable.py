@@ -338,7 +338,7 @@ class ReliableQueue(ReliableCore):
             raise
         self.client.script_load(self._scripts["put"].script)  # raw EVALSHA cannot reload by itself
         for window in chunked(commands, self.window):
-            send_packed(self.client, window)
+            send_packed(self.client, window, self.key)
         return done
 
     def claim_many(self, consumer: str, n: int) -> list[Job]:

@@ -280,7 +280,7 @@ class StreamQueue(StreamCore):
             exc.sent = 0  # type: ignore[attr-defined]
             raise
         for part in parts:
-            send_packed(self.client, part)
+            send_packed(self.client, part, self.key)
         return done
 
     def claim_many(self, consumer: str, n: int) -> list[Job]:

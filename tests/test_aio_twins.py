@@ -690,8 +690,8 @@ def test_send_packed_is_guarded_on_a_redis_url_server(server: redisopt.Server, r
         await client.ping()
         with redisopt.count_round_trips(client) as rt:
             with pytest.raises(redisopt.DestructiveCommandError):
-                await redisopt.aio.connection.send_packed(client, [pack_command((b"RPUSH", ks.key("l").encode()), [b"x"]),
-                                                              pack_command((b"FLUSHDB",), [])])
+                await redisopt.aio.connection.send_packed(
+                    client, [pack_command((b"RPUSH", ks.key("l").encode()), [b"x"]), pack_command((b"FLUSHDB",), [])])
         return rt.round_trips, await redisopt.aio.connection.send_packed(
             client, [pack_command((b"RPUSH", ks.key("l").encode()), [b"x", b"y"])])
 

@@ -188,3 +188,21 @@ def test_scale_figures_report_the_issue_keys() -> None:
     for key in ("cluster_start_s", "cluster_batch_enqueue_items_per_s", "cluster_one_by_one_items_per_s",
                 "aof_always_writes_per_s", "aof_everysec_writes_per_s", "aof_no_writes_per_s"):
         assert isinstance(figures[key], float) and figures[key] > 0, key
+
+
+@pytest.mark.parametrize("kind", ["work", "reliable", "stream"])
+def test_the_queues_run_on_a_cluster_client(rc: redis.cluster.RedisCluster, kind: str) -> None:
+    """put_many packs its own commands: on a cluster they go to the node serving the queue's slot."""
+    name = f"redisopt:test:clusterq:{kind}"
+    queue = {"work": lambda: redisopt.WorkQueue(rc, name), "reliable": lambda: redisopt.ReliableQueue(rc, name),
+             "stream": lambda: redisopt.StreamQueue(rc, name, "g")}[kind]()
+    try:
+        assert queue.put_many(range(2_500)) == 2_500
+        if kind == "work":
+            assert [queue.get(0) for _ in range(3)] == [0, 1, 2]
+        else:
+            jobs = queue.claim_many("w1", 3)
+            assert [job.item for job in jobs] == [0, 1, 2] and all(queue.ack(job) for job in jobs)
+        assert len(queue) == 2_497
+    finally:
+        queue.clear()
