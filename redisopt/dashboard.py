@@ -32,7 +32,8 @@ from redisopt.queue import WorkQueue
 
 __all__ = ["Dashboard", "WorkloadReport", "plot_dashboard", "run_workload"]
 
-COLUMNS = ["t_s", "queue_length", "active_locks", "hit_rate", "lookups", "ops_per_sec", "instantaneous_ops_per_sec"]
+COLUMNS = ["t_s", "queue_length", "active_locks", "hit_rate", "hits", "lookups", "ops_per_sec",
+           "instantaneous_ops_per_sec"]
 
 
 class Dashboard:
@@ -40,9 +41,12 @@ class Dashboard:
 
     ``queue``: a WorkQueue or a List key whose length to watch; ``locks``: a SCAN pattern of lock
     keys (``monitor.active_locks``: those with a TTL). Columns: ``t_s`` since start,
-    ``queue_length``, ``active_locks``, ``hit_rate`` (keyspace hits ÷ ``lookups`` within the
-    interval; 0.0 when there were none, as in an idle moment), ``ops_per_sec`` (commands within the interval, the
-    sampler's own excluded) and the server's own lagging ``instantaneous_ops_per_sec``.
+    ``queue_length``, ``active_locks``, ``hit_rate`` (``hits`` ÷ ``lookups`` within the interval;
+    NaN when there were none, as in an idle gap or the first row: no lookups is no rate, not a 0%
+    one, so a segment's rate is ``hits.sum() / lookups.sum()``), ``ops_per_sec`` (commands within
+    the interval, the sampler's own excluded) and the server's own lagging ``instantaneous_ops_per_sec``.
+    ``active_locks`` is not a snapshot when SCAN takes several calls: a worker that releases a lock
+    already counted and takes one in a later bucket is counted twice.
     A final sample is taken in ``stop()``, after the workload, so the last row is the end state.
     """
 
@@ -76,7 +80,7 @@ class Dashboard:
         length = int(replies[1]) if self.queue_key is not None else 0
         locks = active_locks(self._client, self.locks) if self.locks is not None else 0
         row = {"t_s": snap.at - self._start, "queue_length": length, "active_locks": locks,
-               "hit_rate": 0.0, "lookups": 0.0, "ops_per_sec": 0.0,
+               "hit_rate": float("nan"), "hits": 0.0, "lookups": 0.0, "ops_per_sec": 0.0,
                "instantaneous_ops_per_sec": snap.get("instantaneous_ops_per_sec")}
         if self._last is not None:
             before, own_commands, own_hit = self._last
@@ -85,8 +89,8 @@ class Dashboard:
             hits = snap.get("keyspace_hits") - before.get("keyspace_hits") - own_hit
             misses = snap.get("keyspace_misses") - before.get("keyspace_misses") - (
                 self.queue_key is not None and not own_hit)
-            row["lookups"] = hits + misses
-            row["hit_rate"] = hits / (hits + misses) if hits + misses > 0 else 0.0
+            row["hits"], row["lookups"] = hits, hits + misses
+            row["hit_rate"] = hits / (hits + misses) if hits + misses > 0 else float("nan")
             done = snap.get("total_commands_processed") - before.get("total_commands_processed") - own_commands
             row["ops_per_sec"] = max(done, 0.0) / seconds if seconds > 0 else 0.0
         own = self._tap.snapshot()[1] - own_before  # INFO, LLEN and the SCANs of this sample
