@@ -242,6 +242,9 @@ class KillOutcome:
     found: int  # list length after the restart
     in_order: bool  # the list is exactly 0, 1, …, found-1
     writer_error: str  # what the writer saw when the server died
+    # INFO persistence just before the kill: times everysec held back a write (already acknowledged)
+    # for up to 2 s behind a slow background fsync; such writes were only in the server's memory.
+    aof_delayed_fsync: int = 0
 
     @property
     def lost(self) -> int:
@@ -255,7 +258,8 @@ class KillOutcome:
 
     def row(self) -> dict[str, Any]:
         return {"appendfsync": self.appendfsync, "acknowledged": self.acknowledged, "found": self.found,
-                "lost": self.lost, "unacknowledged_kept": self.unacknowledged_kept, "in_order": self.in_order}
+                "lost": self.lost, "unacknowledged_kept": self.unacknowledged_kept, "in_order": self.in_order,
+                "aof_delayed_fsync": self.aof_delayed_fsync}
 
 
 def kill_during_writes(appendfsync: str = "everysec", seconds: float = 0.5, key: str = "lab:acks",
@@ -281,6 +285,11 @@ def kill_during_writes(appendfsync: str = "everysec", seconds: float = 0.5, key:
         thread = threading.Thread(target=write, daemon=True)
         thread.start()
         time.sleep(seconds)
+        probe = lab.admin()
+        try:
+            delayed = int(probe.info("persistence").get("aof_delayed_fsync", 0))
+        finally:
+            probe.close()
         lab.kill()
         thread.join(timeout=15)
         writer.close()
@@ -293,7 +302,7 @@ def kill_during_writes(appendfsync: str = "everysec", seconds: float = 0.5, key:
         finally:
             reader.close()
         return KillOutcome(appendfsync, acked[0], len(values), values == [str(i) for i in range(len(values))],
-                           error[0])
+                           error[0], delayed)
 
 
 def kill_table(policies: Sequence[str] = ("always", "everysec", "no"), seconds: float = 0.5) -> pd.DataFrame:
