@@ -242,8 +242,8 @@ class KillOutcome:
     found: int  # list length after the restart
     in_order: bool  # the list is exactly 0, 1, …, found-1
     writer_error: str  # what the writer saw when the server died
-    # INFO persistence just before the kill: times everysec held back a write (already acknowledged)
-    # for up to 2 s behind a slow background fsync; such writes were only in the server's memory.
+    # INFO persistence just before the kill. While a background fsync runs, everysec holds writes
+    # (already acknowledged) in memory for up to 2 s; this counts the holds that ran out the 2 s.
     aof_delayed_fsync: int = 0
 
     @property

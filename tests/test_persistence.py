@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import redis
 
 import redisopt
 from redisopt.cluster import server_binary
-from redisopt.persistence import PersistenceLab, kill_during_writes
+from redisopt.persistence import PersistenceLab, fsync_cost, kill_during_writes
 from tests.helpers import gone, wait_removed
 
 
@@ -37,8 +38,11 @@ def lab() -> Iterator[PersistenceLab]:
 def test_no_acknowledged_write_lost_across_a_server_sigkill(policy: str) -> None:
     outcome = kill_during_writes(policy, seconds=0.4)
     assert outcome.acknowledged > 0 and outcome.writer_error == "ConnectionError"
-    # everysec may hold an acknowledged write back (up to 2 s) behind a slow fsync; INFO counts that
-    assert outcome.lost == 0 or (policy == "everysec" and outcome.aof_delayed_fsync > 0), outcome
+    # everysec holds acknowledged writes back while a background fsync runs (up to 2 s; INFO counts
+    # the 2 s overruns): a kill in that window loses them, a real risk only where fsync is slow
+    slow_fsync = policy == "everysec" and (outcome.aof_delayed_fsync > 0
+                                           or fsync_cost(tempfile.gettempdir(), samples=5) > 0.001)
+    assert outcome.lost == 0 or slow_fsync, outcome
     assert outcome.in_order
     assert outcome.unacknowledged_kept <= 1  # at most the one write whose reply the kill cut off
 
