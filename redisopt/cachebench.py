@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +18,7 @@ import orjson
 import redis
 
 from redisopt.cache import Cache
+from redisopt.cachelab import stampede_burst
 from redisopt.codecs import NAMES, get_codec
 from redisopt.keyspace import WORKBOOK, KeySpace
 from redisopt.store import SQLiteStore
@@ -64,38 +64,13 @@ def hit_ratio(client: redis.Redis, n: int = 3_000) -> dict[str, float]:
     return {"cache_hit_vs_raw_get": helper / raw, "cache_hit_us": helper * 1e6, "raw_get_decode_us": raw * 1e6}
 
 
-def _together(threads: int, fn: Callable[[], Any]) -> None:
-    """Run ``fn`` in ``threads`` threads released at one instant by a barrier; re-raise the first error."""
-    barrier = threading.Barrier(threads)
-    errors: list[BaseException] = []
-
-    def body() -> None:
-        try:
-            barrier.wait()
-            fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
-            errors.append(exc)
-
-    pool = [threading.Thread(target=body) for _ in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    if errors:
-        raise errors[0]
-
-
 def stampede_loads(client: redis.Redis, stampede: str, threads: int = 100, delay: float = 0.2) -> int:
-    """Store queries when ``threads`` threads ask for one cold key at the same instant (the pool's
-    connections opened beforehand, so the requests are not spread out by connection handshakes)."""
+    """Store queries when ``threads`` threads ask for one cold key at the same instant
+    (``cachelab.stampede_burst`` with an unlimited database pool)."""
     with SQLiteStore(delay=delay) as store:
         store.put("hot", sample_record(7))
-        cache = Cache(client, SPACE.key(stampede), ttl=60, stampede=stampede, store=store)
-        cache.invalidate("hot")
-        _together(threads, lambda: client.ping())
-        store.reset_queries()
-        _together(threads, lambda: cache.get_or_load("hot"))
-        return store.queries
+        burst = stampede_burst(client, SPACE.key(stampede), stampede, store, n=threads, db_connections=None)
+        return int(burst["db_queries"])
 
 
 def codec_figures(repeat: int = 5, n: int = 200) -> dict[str, float]:
